@@ -1,0 +1,70 @@
+"""Linear stochastic dynamics with an exact transition: the Kalman filter's model."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import jax.scipy.linalg as jsl
+
+from .._checks import check_finite, check_ndim, check_shape
+from .._custom_types import Array, Float
+from .base import AbstractDynamics
+
+
+class LinearDynamics(AbstractDynamics):
+    r"""The linear SDE $dx = A x\,dt + dW$, $\operatorname{Cov}(dW) = Q\,dt$, solved exactly.
+
+    Over a step $\Delta = t_1 - t_0$ the transition is $x_1 = M x_0 + w$,
+    $M = e^{A\Delta}$, $w \sim N(0, Q_\Delta)$, $Q_\Delta = \int_0^\Delta e^{As} Q
+    e^{A^T s} ds$, computed with Van Loan's block-matrix exponential. Exact for any
+    step, so filters on this model can be compared with the Kalman filter.
+
+    **Arguments:**
+
+    - `drift`: the `(d, d)` matrix `A`.
+    - `noise_covariance`: the `(d, d)` diffusion covariance `Q` per unit time, or None
+      for deterministic dynamics.
+    """
+
+    drift: Float[Array, "d d"]
+    noise_covariance: Float[Array, "d d"] | None
+
+    def __init__(self, drift, noise_covariance=None):
+        drift = jnp.asarray(drift)
+        check_ndim(drift, 2, "drift", "(d, d)")
+        d = drift.shape[0]
+        check_shape(drift, (d, d), "drift", "(d, d)")
+        self.drift = check_finite(drift, "drift")
+        if noise_covariance is not None:
+            noise_covariance = jnp.asarray(noise_covariance)
+            check_shape(noise_covariance, (d, d), "noise_covariance", "(d, d)")
+            noise_covariance = check_finite(noise_covariance, "noise_covariance")
+        self.noise_covariance = noise_covariance
+
+    @property
+    def state_shape(self):
+        return (self.drift.shape[0],)
+
+    def transition(self, t0, t1) -> tuple[Float[Array, "d d"], Float[Array, "d d"]]:
+        """The exact transition matrix `M` and noise covariance `Q_Delta` over `[t0, t1]`."""
+        d = self.drift.shape[0]
+        delta = t1 - t0
+        if self.noise_covariance is None:
+            return jsl.expm(self.drift * delta), jnp.zeros((d, d), self.drift.dtype)
+        # Van Loan (1978): expm([[-A, Q], [0, A^T]] Δ) = [[., G], [0, M^T]], Q_Δ = M G.
+        block = jnp.block(
+            [[-self.drift, self.noise_covariance], [jnp.zeros_like(self.drift), self.drift.T]]
+        )
+        e = jsl.expm(block * delta)
+        m = e[d:, d:].T
+        q = m @ e[:d, d:]
+        return m, 0.5 * (q + q.T)
+
+    def step(self, x, t0, t1, *, key):
+        m, q = self.transition(t0, t1)
+        x1 = m.astype(x.dtype) @ x
+        if self.noise_covariance is None:
+            return x1
+        # eigh rather than Cholesky: Q_Delta may be singular (noise in few directions).
+        eigvals, eigvecs = jnp.linalg.eigh(q)
+        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))
+        return x1 + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)

@@ -1,0 +1,19 @@
+"""Observation operators and their Gaussian noise."""
+
+from .._covariance import (
+    AbstractCovariance as AbstractCovariance,
+    DenseCovariance as DenseCovariance,
+    DiagonalCovariance as DiagonalCovariance,
+    ScalarCovariance as ScalarCovariance,
+    as_covariance as as_covariance,
+)
+from ._arctan import Arctan as Arctan
+from ._linear import (
+    Identity as Identity,
+    LinearObservation as LinearObservation,
+    Subsample as Subsample,
+)
+from .base import (
+    AbstractLinearObservation as AbstractLinearObservation,
+    AbstractObservation as AbstractObservation,
+)
