@@ -7,5 +7,15 @@ from ._ensemble import Ensemble as Ensemble
 from ._results import RESULTS as RESULTS
 from ._streams import ObservationSeries as ObservationSeries
 
+from ._io import read_netcdf as read_netcdf, write_netcdf as write_netcdf
+from ._metrics import rmse as rmse, time_average as time_average
+from ._twin import (
+    MODELS as MODELS,
+    make_filter as make_filter,
+    make_observation as make_observation,
+    summarise as summarise,
+    twin_experiment as twin_experiment,
+)
+
 
 __version__ = "0.1.0"

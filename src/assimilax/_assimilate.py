@@ -191,7 +191,10 @@ def assimilate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=k, unit="cycle", desc=type(filter).__name__, leave=False)
-    belief, t_start, result = belief0, t0, RESULTS.successful
+    # Array-valued from the start (a Python int `start` or a Python-valued result would
+    # be static under `filter_jit`, recompiling every chunk).
+    result = RESULTS.where(jnp.asarray(False), RESULTS.successful, RESULTS.successful)
+    belief, t_start = belief0, t0
     outputs = []
     try:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -202,7 +205,7 @@ def assimilate(
                 belief,
                 t_start,
                 None if truth is None else truth[lo:hi],
-                lo,
+                jnp.asarray(lo, jnp.int32),
                 key,
                 result,
                 save_ensembles,
