@@ -59,13 +59,13 @@ class AbstractCovariance(eqx.Module):
         - \tfrac{m_o}{2}\log 2\pi$, with $m_o$ the number of observed components.
         """
         z = self.whiten(residual, mask)
-        m_obs = self.dim if mask is None else jnp.sum(mask)
+        m_obs = self.dim if mask is None else jnp.sum(mask).astype(z.dtype)
         log_2pi = jnp.asarray(math.log(2 * math.pi), z.dtype)
         return -0.5 * (jnp.sum(z**2) + self.log_det(mask) + m_obs * log_2pi)
 
 
 def _masked(v, mask):
-    return v if mask is None else jnp.where(mask, v, 0)
+    return v if mask is None else jnp.where(jnp.broadcast_to(mask, v.shape), v, 0)
 
 
 class ScalarCovariance(AbstractCovariance):
@@ -96,8 +96,9 @@ class ScalarCovariance(AbstractCovariance):
         return _masked(v / jnp.sqrt(self.variance.astype(v.dtype)), mask)
 
     def log_det(self, mask=None):
-        m_obs = self.size if mask is None else jnp.sum(mask)
-        return m_obs * jnp.log(self.variance)
+        log_var = jnp.log(self.variance)
+        m_obs = self.size if mask is None else jnp.sum(mask).astype(log_var.dtype)
+        return m_obs * log_var
 
     def sample(self, *, key, shape=()):
         z = jr.normal(key, (*shape, self.size), self.variance.dtype)
@@ -125,14 +126,15 @@ class DiagonalCovariance(AbstractCovariance):
         return self.variances
 
     def whiten(self, v, mask=None):
-        return _masked(v / jnp.sqrt(self.variances.astype(v.dtype)), mask)
+        std = jnp.broadcast_to(jnp.sqrt(self.variances.astype(v.dtype)), v.shape)
+        return _masked(v / std, mask)
 
     def log_det(self, mask=None):
         return jnp.sum(_masked(jnp.log(self.variances), mask))
 
     def sample(self, *, key, shape=()):
         z = jr.normal(key, (*shape, self.dim), self.variances.dtype)
-        return jnp.sqrt(self.variances) * z
+        return jnp.broadcast_to(jnp.sqrt(self.variances), z.shape) * z
 
 
 class DenseCovariance(AbstractCovariance):
@@ -212,7 +214,7 @@ def as_covariance(
             cov = DenseCovariance(cov)
     else:
         std = jnp.asarray(noise_std)
-        check_positive(std, "noise_std", "standard deviations")
+        std = check_positive(std, "noise_std", "standard deviations")
         if std.ndim == 0:
             cov = ScalarCovariance(std**2, size)
         elif std.ndim == 1:

@@ -73,7 +73,8 @@ class Ensemble(AbstractBelief):
 
     def anomalies(self) -> Float[Array, "n *state"]:
         """Members minus the (weighted) mean."""
-        return self.members - self.mean()
+        mean = self.mean()
+        return self.members - mean[None]
 
     def _bias_correction(self, w):
         # Unbiased for reliability weights: 1 / (1 - sum w^2); n / (n - 1) for equal weights.
@@ -92,7 +93,7 @@ class Ensemble(AbstractBelief):
             )
         w = self.weights()
         a = self.anomalies()
-        return self._bias_correction(w) * (a.T * w) @ a
+        return self._bias_correction(w) * (a.T * w[None]) @ a
 
     def effective_size(self) -> Float[Array, ""]:
         r"""Effective sample size $1 / \sum_j w_j^2$ (equals `n` for equal weights)."""

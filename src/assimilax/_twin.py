@@ -98,7 +98,7 @@ MODELS: dict[str, ModelSetup] = {
         init_std=float(np.sqrt(2.0)),
         initial_state=lambda dim: np.array([1.509, -1.531, 25.46]),
         filter_defaults={
-            "etkf": {"inflation": 1.02},
+            "etkf": {"inflation": 1.02, "rotate": True},
             # On 3 variables localisation is moot: a radius far beyond the domain.
             "letkf": {"inflation": 1.02, "radius": 1000.0},
             "enkf": {"inflation": 1.04},
@@ -278,7 +278,8 @@ def twin_experiment(
     truth = _truth_run(dynamics, x0, times, truth_key)
     y = _synthetic_observations(observation, truth, obs_key)
     series = ObservationSeries(observation, times, y)
-    ensemble = Ensemble(x0 + init_std * jr.normal(ens_key, (members, *state_shape), dtype))
+    noise = init_std * jr.normal(ens_key, (members, *state_shape), dtype)
+    ensemble = Ensemble(x0[None] + noise)
 
     # Filters ------------------------------------------------------------------------
     names = list(filters)

@@ -66,5 +66,5 @@ class LinearDynamics(AbstractDynamics):
             return x1
         # eigh rather than Cholesky: Q_Delta may be singular (noise in few directions).
         eigvals, eigvecs = jnp.linalg.eigh(q)
-        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))
+        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))[None]
         return x1 + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)

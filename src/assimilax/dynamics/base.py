@@ -40,10 +40,9 @@ def substeps(t0, t1, dt) -> tuple[Array, Array]:
     Returns `(n, h)`. A relative slack of 1e-6 keeps `0.05 / 0.01` at 5 steps despite
     rounding; an empty interval gives `n = 0`.
     """
-    span = t1 - t0
-    n = jnp.ceil(span / dt - 1e-6).astype(jnp.int32)
-    n = jnp.maximum(n, 0)
-    h = span / jnp.maximum(n, 1)
+    span = jnp.asarray(t1 - t0)
+    n = jnp.maximum(jnp.ceil(span / dt - 1e-6).astype(jnp.int32), 0)
+    h = span / jnp.maximum(n, 1).astype(span.dtype)
     return n, h
 
 

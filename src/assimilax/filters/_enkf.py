@@ -2,8 +2,10 @@
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.scipy.linalg as jsl
 
 from .._custom_types import Array, Float
@@ -48,9 +50,9 @@ def innovation_terms(
     obs_mean = jnp.mean(obs_members, axis=0)
     return InnovationTerms(
         mean=mean,
-        anomalies=x - mean,
+        anomalies=x - mean[None],
         obs_members=obs_members,
-        obs_anomalies=observation.noise.whiten(obs_members - obs_mean, mask),
+        obs_anomalies=observation.noise.whiten(obs_members - obs_mean[None], mask),
         innovation=observation.noise.whiten(y - obs_mean, mask),
     )
 
@@ -73,8 +75,23 @@ def transform(
     c = obs_anomalies @ obs_anomalies.T + (n - 1) * jnp.eye(n, dtype=obs_anomalies.dtype)
     eigvals, eigvecs = jnp.linalg.eigh(c)
     w = eigvecs @ ((eigvecs.T @ (obs_anomalies @ innovation)) / eigvals)
-    t = (eigvecs * jnp.sqrt((n - 1) / eigvals)) @ eigvecs.T
+    t = (eigvecs * jnp.sqrt((n - 1) / eigvals)[None]) @ eigvecs.T
     return w, t
+
+
+def mean_preserving_rotation(n: int, *, key, dtype) -> Float[Array, "n n"]:
+    r"""A random orthogonal `(n, n)` matrix `O` with `O 1 = 1` (Sakov & Oke 2008).
+
+    `O = 1 1^T / n + B Q B^T`, with `B` an orthonormal basis of the complement of the
+    ones vector and `Q` Haar-distributed on `O(n - 1)`. Left-multiplying anomalies by
+    `O` keeps their mean (zero) and covariance while mixing the members.
+    """
+    ones = jnp.ones((n, 1), dtype)
+    basis, _ = jnp.linalg.qr(jnp.concatenate([ones, jnp.eye(n, n - 1, dtype=dtype)], 1))
+    b = basis[:, 1:]
+    q, r = jnp.linalg.qr(jr.normal(key, (n - 1, n - 1), dtype))
+    q = q * jnp.sign(jnp.diagonal(r))[None]  # Haar measure (Mezzadri 2007)
+    return ones @ ones.T / n + b @ q @ b.T
 
 
 class ETKF(AbstractEnsembleFilter):
@@ -88,22 +105,29 @@ class ETKF(AbstractEnsembleFilter):
 
     - `inflation`: an `AbstractInflation` (or a float, read as multiplicative inflation),
       applied after the analysis. Default: none.
+    - `rotate`: apply a random mean-preserving rotation to the analysis anomalies each
+      cycle (DAPPER's `rot=True`). It breaks the symmetric square root's tendency to
+      keep outlying members (Lawson & Hansen 2004); on Lorenz-63 with 10 members it
+      lowers the RMSE from about 0.77 to 0.60 (DAPPER's figures).
 
     References: Bishop, Etherton & Majumdar (2001); Hunt, Kostelich & Szunyogh (2007),
     "Efficient data assimilation for spatiotemporal chaos", Physica D 230.
     """
 
     inflation: AbstractInflation
+    rotate: bool = eqx.field(static=True)
 
-    def __init__(self, inflation=None):
+    def __init__(self, inflation=None, rotate: bool = False):
         self.inflation = _as_inflation(inflation)
+        self.rotate = bool(rotate)
 
     def update(self, belief, observation, y, mask=None, *, key):
-        del key
         terms = innovation_terms(belief, observation, y, mask)
         w, t = transform(terms.obs_anomalies, terms.innovation)
-        analysis = terms.mean + (w + t) @ terms.anomalies
-        forecast = terms.mean + terms.anomalies
+        if self.rotate:
+            t = mean_preserving_rotation(belief.size, key=key, dtype=t.dtype) @ t
+        forecast = terms.mean[None] + terms.anomalies
+        analysis = terms.mean[None] + (w[None] + t) @ terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)
 
 
@@ -131,16 +155,17 @@ class StochasticEnKF(AbstractEnsembleFilter):
         terms = innovation_terms(belief, observation, y, mask)
         n = belief.size
         perturbations = observation.noise.sample(key=key, shape=(n,))
-        perturbations = (perturbations - perturbations.mean(axis=0)).astype(y.dtype)
+        perturbations = perturbations - perturbations.mean(axis=0, keepdims=True)
+        perturbations = perturbations.astype(y.dtype)
         # Whitened member innovations L^{-1}(y + eps_j - h(x_j)), masked entries zero.
         innovations = observation.noise.whiten(
-            y + perturbations - terms.obs_members, mask
+            y[None] + perturbations - terms.obs_members, mask
         )
         s = terms.obs_anomalies
         c = s @ s.T + (n - 1) * jnp.eye(n, dtype=s.dtype)
         chol = jnp.linalg.cholesky(c)
         # Increments (n, d) = innovations S^T C^{-1} A.
         gain = jsl.cho_solve((chol, True), s @ innovations.T)
-        forecast = terms.mean + terms.anomalies
+        forecast = terms.mean[None] + terms.anomalies
         analysis = forecast + gain.T @ terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)

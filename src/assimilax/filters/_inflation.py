@@ -25,7 +25,7 @@ class AbstractInflation(eqx.Module):
 
 
 def _split(members):
-    mean = jnp.mean(members, axis=0)
+    mean = jnp.mean(members, axis=0, keepdims=True)
     return mean, members - mean
 
 
@@ -78,8 +78,8 @@ class RTPS(AbstractInflation):
 
     def __call__(self, forecast, analysis):
         mean, anomalies = _split(analysis)
-        sigma_f = jnp.std(forecast, axis=0)
-        sigma_a = jnp.std(analysis, axis=0)
+        sigma_f = jnp.std(forecast, axis=0, keepdims=True)
+        sigma_a = jnp.std(analysis, axis=0, keepdims=True)
         alpha = self.alpha.astype(analysis.dtype)
         # Where the analysis has collapsed to zero spread, leave it (no direction to scale).
         safe = jnp.where(sigma_a > 0, sigma_a, 1)

@@ -85,7 +85,7 @@ class LETKF(AbstractEnsembleFilter):
             k = min(k, observation.obs_dim)
 
         def local_analysis(point, anomalies):
-            taper = self.localisation(periodic_distance(point, locations, domain))
+            taper = self.localisation(periodic_distance(point[None], locations, domain))
             if k is None:
                 s, innovation = terms.obs_anomalies, terms.innovation
             else:
@@ -93,12 +93,12 @@ class LETKF(AbstractEnsembleFilter):
                 s = terms.obs_anomalies[:, nearest]
                 innovation = terms.innovation[nearest]
             root = jnp.sqrt(taper)
-            w, t = transform(s * root, innovation * root)
-            return (w + t) @ anomalies
+            w, t = transform(s * root[None], innovation * root)
+            return (w[None] + t) @ anomalies
 
         increments = jax.vmap(local_analysis, in_axes=(0, 1), out_axes=1)(
             grid, terms.anomalies
         )
-        analysis = terms.mean + increments
-        forecast = terms.mean + terms.anomalies
+        analysis = terms.mean[None] + increments
+        forecast = terms.mean[None] + terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)

@@ -8,15 +8,15 @@ from .._custom_types import Array, Float
 
 
 def periodic_distance(
-    a: Float[Array, "*batch ndim"],
-    b: Float[Array, "*batch ndim"],
+    a: Float[Array, "*#batch ndim"],
+    b: Float[Array, "*#batch ndim"],
     domain: tuple[int, ...] | None,
 ) -> Float[Array, " *batch"]:
     """Euclidean distance between points, periodic with period `domain[i]` along axis `i`
     (no wrapping where `domain` is None)."""
     delta = jnp.abs(a - b)
     if domain is not None:
-        period = jnp.asarray(domain, delta.dtype)
+        period = jnp.broadcast_to(jnp.asarray(domain, delta.dtype), delta.shape)
         delta = jnp.minimum(delta, period - delta)
     return jnp.sqrt(jnp.sum(delta**2, axis=-1))
 
@@ -40,9 +40,9 @@ def gaspari_cohn(z: Array) -> Array:
 class GaspariCohn(eqx.Module):
     r"""Gaspari–Cohn localisation with a `radius` in grid units.
 
-    Follows DAPPER's convention (and Sakov's): the taper equals $e^{-1/2}$ at
-    `distance == radius`, like a Gaussian of standard deviation `radius`; it is zero
-    beyond `2 * 1.82 * radius`.
+    Follows DAPPER's convention (`dist2coeff`): the half-width is `c = 1.82 * radius`,
+    so the taper is 0.63, close to $e^{-1/2}$, at `distance == radius` (like a Gaussian
+    of standard deviation `radius`), and zero beyond `2c`.
     """
 
     radius: Float[Array, ""]
@@ -52,8 +52,8 @@ class GaspariCohn(eqx.Module):
 
     @property
     def half_width(self) -> Array:
-        # sqrt(10/3) ~ 1.82 makes GC(radius / c) = exp(-1/2) (DAPPER `dist2coeff`).
-        return self.radius * jnp.sqrt(10.0 / 3.0)
+        # DAPPER's constant (~ sqrt(10/3)), so its tuned radii carry over exactly.
+        return self.radius * 1.82
 
     def __call__(self, distance: Array) -> Array:
         return gaspari_cohn(distance / self.half_width.astype(distance.dtype))

@@ -1,0 +1,36 @@
+"""Shared test helpers: tolerances and the lists of every filter and observation."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from assimilax.filters import ETKF, LETKF, RTPS, StochasticEnKF
+from assimilax.observations import Arctan, Identity, LinearObservation, Subsample
+
+
+def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8):
+    return eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol)
+
+
+# Every ensemble filter, in a small configuration (the shared conformance tests).
+all_ensemble_filters = [
+    ETKF(),
+    ETKF(inflation=1.05),
+    StochasticEnKF(inflation=1.02),
+    LETKF(radius=2.0, inflation=RTPS(0.5)),
+    LETKF(radius=2.0, max_local_observations=3),
+]
+
+
+def all_observations(dim: int):
+    """Every observation operator on a flat state of size `dim` (>= 6)."""
+    rng = np.random.default_rng(0)
+    return [
+        Identity(dim, noise_std=0.5),
+        Subsample(dim, jnp.array([0, 2, 5]), noise_std=jnp.array([0.3, 0.4, 0.5])),
+        Subsample.every(dim, 2, noise_covariance=0.5 * jnp.eye(dim // 2) + 0.1),
+        LinearObservation(
+            rng.standard_normal((4, dim)), noise_std=0.7, locations=jnp.arange(4.0)
+        ),
+        Arctan(Identity(dim, noise_std=0.2)),
+    ]
