@@ -44,8 +44,10 @@ class GaussianBelief(AbstractBelief):
         check_ndim(loc, 1, "loc", "(d,)")
         d = loc.shape[0]
         check_shape(covariance_matrix, (d, d), "covariance_matrix", "(d, d)")
-        self.loc = check_finite(loc, "loc")
-        self.covariance_matrix = check_finite(covariance_matrix, "covariance_matrix")
+        self.loc = check_finite(loc, "loc", traced=False)
+        self.covariance_matrix = check_finite(
+            covariance_matrix, "covariance_matrix", traced=False
+        )
 
     def mean(self):
         return self.loc

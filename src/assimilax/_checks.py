@@ -17,26 +17,32 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_value(x, bad, message: str):
+def check_value(x, bad, message: str, *, traced: bool = True):
     """Raise `ValueError(message)` where `bad(x)` is true.
 
     `bad(v, xp)` maps an array to a boolean array, with `xp` the array module
     (`numpy` for concrete values, `jax.numpy` for traced ones). Returns `x`, which
-    callers must use: under `jit` the check is attached to it with `equinox.error_if`.
+    callers must use: under `jit` the check is attached to it with `equinox.error_if`,
+    unless `traced=False`, which checks concrete values only. Use that for containers
+    rebuilt inside the filter loop (ensembles, beliefs): there a failure is reported
+    as a `RESULTS` code, not raised mid-run.
     """
     if is_concrete(x):
         if np.any(bad(np.asarray(x), np)):
             raise ValueError(message)
         return x
+    if not traced:
+        return x
     return eqx.error_if(x, jnp.any(bad(x, jnp)), message)
 
 
-def check_finite(x, name: str):
+def check_finite(x, name: str, *, traced: bool = True):
     """Check that `x` holds no NaN or infinite values."""
     return check_value(
         x,
         lambda v, xp: ~xp.isfinite(v),
         f"`{name}` contains NaN or infinite values; every entry must be finite.",
+        traced=traced,
     )
 
 

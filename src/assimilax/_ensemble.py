@@ -46,11 +46,13 @@ class Ensemble(AbstractBelief):
             log_weights = jnp.zeros((n,), members.dtype)
         log_weights = jnp.asarray(log_weights)
         check_shape(log_weights, (n,), "log_weights", "(n,)")
-        self.members = check_finite(members, "members")
+        # Checked at the boundary only: inside the loop a divergence is a RESULTS code.
+        self.members = check_finite(members, "members", traced=False)
         self.log_weights = check_value(
             log_weights,
             lambda v, xp: xp.isnan(v) | (v == xp.inf),
             "`log_weights` must not contain NaN or +inf (-inf marks a zero weight).",
+            traced=False,
         )
 
     # Sizes ------------------------------------------------------------------
