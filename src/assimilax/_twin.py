@@ -234,7 +234,8 @@ def twin_experiment(
 ) -> xr.Dataset:
     r"""Run a twin experiment and return its results as an `xarray.Dataset`.
 
-    1. Spin-up: integrate `x0` for `spinup_time` to reach the attractor.
+    1. Spin-up: draw the initial truth from `N(x0, init_std^2)` and integrate it for
+       `spinup_time` to reach the attractor.
     2. Truth: `cycles` states at times `obs_interval * (1..cycles)`.
     3. Synthetic observations `y_k = h(x_k) + noise`.
     4. One initial ensemble of `members` states, truth plus `N(0, init_std^2)`, and
@@ -271,7 +272,10 @@ def twin_experiment(
         raise ValueError(f"`x0` must have shape {state_shape}; got {x0.shape}.")
 
     # Truth and observations ---------------------------------------------------------
-    spin_key, truth_key, obs_key, ens_key, run_key = jr.split(key, 5)
+    start_key, spin_key, truth_key, obs_key, ens_key, run_key = jr.split(key, 6)
+    # The truth starts from a random draw around `x0` (DAPPER's X0), so seeds differ
+    # even for deterministic dynamics.
+    x0 = x0 + init_std * jr.normal(start_key, x0.shape, dtype)
     if spinup_time > 0:
         x0 = dynamics.step(x0, 0.0, spinup_time, key=spin_key)
     times = obs_interval * jnp.arange(1, cycles + 1, dtype=dtype)
