@@ -5,6 +5,7 @@ tuned for them (`make_filter`), shared by the Python API, the CLI and the benchm
 """
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -213,7 +214,10 @@ def _state_dims(state_shape):
 
 def describe(module: eqx.Module) -> str:
     """A one-line description of a filter (or any module) with its numeric settings."""
-    return " ".join(eqx.tree_pformat(module, short_arrays=False).split())
+    text = " ".join(eqx.tree_pformat(module, short_arrays=False).split())
+    # "Array(1.02, dtype=float64, weak_type=True)" -> "1.02"
+    text = re.sub(r"Array\(([^,()]+), dtype=[^)]*\)", r"\1", text)
+    return text.replace("( ", "(").replace(" )", ")")
 
 
 def twin_experiment(
