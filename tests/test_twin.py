@@ -124,3 +124,20 @@ def test_same_seed_same_numbers(small_dataset):
 def test_bad_settings(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_long_runs_match_dapper_tables(seed):
+    """Full-length runs over several seeds (run with `pytest -m slow`).
+
+    Lorenz-63 (10,000 cycles): ETKF N=10 <= 0.66 (DAPPER 0.60), perturbed-observation
+    EnKF N=10 <= 0.72 (DAPPER 0.65). Lorenz-96 (10,000 cycles): ETKF <= 0.20, LETKF
+    <= 0.22.
+    """
+    s63 = ax.summarise(_run("lorenz63", ["etkf", "enkf"], cycles=10000, burn_in=1000, seed=seed))
+    assert s63["etkf"]["rmse_analysis"] <= 0.66, s63
+    assert s63["enkf"]["rmse_analysis"] <= 0.72, s63
+    s96 = ax.summarise(_run("lorenz96", ["etkf", "letkf"], cycles=10000, burn_in=1000, seed=seed))
+    assert s96["etkf"]["rmse_analysis"] <= 0.20, s96
+    assert s96["letkf"]["rmse_analysis"] <= 0.22, s96
