@@ -132,12 +132,12 @@ def test_long_runs_match_dapper_tables(seed):
     """Full-length runs over several seeds (run with `pytest -m slow`).
 
     Lorenz-63 (10,000 cycles): ETKF N=10 <= 0.66 (DAPPER 0.60), perturbed-observation
-    EnKF N=10 <= 0.72 (DAPPER 0.65). Lorenz-96 (10,000 cycles): ETKF <= 0.20, LETKF
+    EnKF N=10 <= 0.70 (DAPPER 0.65; ours 0.62-0.64 with infl 1.08). Lorenz-96 (10,000 cycles): ETKF <= 0.20, LETKF
     <= 0.22.
     """
     s63 = ax.summarise(_run("lorenz63", ["etkf", "enkf"], cycles=10000, burn_in=1000, seed=seed))
     assert s63["etkf"]["rmse_analysis"] <= 0.66, s63
-    assert s63["enkf"]["rmse_analysis"] <= 0.72, s63
+    assert s63["enkf"]["rmse_analysis"] <= 0.70, s63
     s96 = ax.summarise(_run("lorenz96", ["etkf", "letkf"], cycles=10000, burn_in=1000, seed=seed))
     assert s96["etkf"]["rmse_analysis"] <= 0.20, s96
     assert s96["letkf"]["rmse_analysis"] <= 0.22, s96

@@ -102,11 +102,13 @@ MODELS: dict[str, ModelSetup] = {
             "etkf": {"inflation": 1.02, "rotate": True},
             # On 3 variables localisation is moot: a radius far beyond the domain.
             "letkf": {"inflation": 1.02, "radius": 1000.0},
-            "enkf": {"inflation": 1.04},
+            # Measured here, 10,000 cycles, seeds 0-2: infl 1.04 gives 0.66-0.72,
+            # 1.08 gives 0.62-0.64 (DAPPER's table: 0.65 with 1.04).
+            "enkf": {"inflation": 1.08},
         },
         expected=(
             "DAPPER: ETKF N=10 infl 1.02: 0.60 (published table), 0.61 (measured); "
-            "PertObs EnKF N=10 infl 1.04: 0.65."
+            "PertObs EnKF N=10 infl 1.04: 0.65 (ours: 0.62-0.64 with infl 1.08)."
         ),
     ),
 }
