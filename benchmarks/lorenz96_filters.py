@@ -51,30 +51,52 @@ def main():
     series = ax.ObservationSeries(obs, times, y)
     ens = ax.Ensemble(x0[None] + jr.normal(k3, (n, d)))
 
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{jax.devices()[0].device_kind} x{jax.device_count()}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{jax.devices()[0].device_kind} x{jax.device_count()}, python {platform.python_version()}"
+    )
     print(f"versions: jax {jax.__version__}, equinox {eqx.__version__}, assimilax {ax.__version__}")
-    print(f"setting: Lorenz-96 d={d}, N={n}, obs all every {setup.obs_interval}, R=I, "
-          f"{args.cycles} cycles (RMSE after {args.burn_in}), float64")
+    print(
+        f"setting: Lorenz-96 d={d}, N={n}, obs all every {setup.obs_interval}, R=I, "
+        f"{args.cycles} cycles (RMSE after {args.burn_in}), float64"
+    )
     print()
-    header = f"{'filter':<7} {'rmse_a':>7} {'spread_a':>8} {'compile s':>9} {'cycles/s':>10}  settings"
+    header = (
+        f"{'filter':<7} {'rmse_a':>7} {'spread_a':>8} {'compile s':>9} {'cycles/s':>10}  settings"
+    )
     print(header)
     print("-" * len(header))
     result0 = RESULTS.where(jax.numpy.asarray(False), RESULTS.successful, RESULTS.successful)
     for name in args.filters.split(","):
         flt = ax.make_filter(name, setup)
-        run = lambda: _run_cycles(
-            flt, dyn, series, ens, jax.numpy.asarray(0.0), truth,
-            jax.numpy.asarray(0, jax.numpy.int32), k4, result0, False,
+        run = lambda flt=flt: _run_cycles(
+            flt,
+            dyn,
+            series,
+            ens,
+            jax.numpy.asarray(0.0),
+            truth,
+            jax.numpy.asarray(0, jax.numpy.int32),
+            k4,
+            result0,
+            False,
         )
         start = time.perf_counter()
         belief, result, out = jax.block_until_ready(run())
         first = time.perf_counter() - start
-        best = min(timeit.repeat(lambda: jax.block_until_ready(run()), number=1, repeat=args.repeat))
-        rmse = float(np.mean(out["rmse_analysis"][args.burn_in:]))
-        spread = float(np.mean(out["analysis_spread"][args.burn_in:]))
-        print(f"{name:<7} {rmse:>7.4f} {spread:>8.4f} {max(first - best, 0):>9.2f} "
-              f"{args.cycles / best:>10.0f}  {describe(flt)}")
+        best = min(
+            timeit.repeat(
+                lambda run=run: jax.block_until_ready(run()),
+                number=1,
+                repeat=args.repeat,
+            )
+        )
+        rmse = float(np.mean(out["rmse_analysis"][args.burn_in :]))
+        spread = float(np.mean(out["analysis_spread"][args.burn_in :]))
+        print(
+            f"{name:<7} {rmse:>7.4f} {spread:>8.4f} {max(first - best, 0):>9.2f} "
+            f"{args.cycles / best:>10.0f}  {describe(flt)}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ def all_observations(dim: int):
         Identity(dim, noise_std=0.5),
         Subsample(dim, jnp.array([0, 2, 5]), noise_std=jnp.array([0.3, 0.4, 0.5])),
         Subsample.every(dim, 2, noise_covariance=0.5 * jnp.eye(dim // 2) + 0.1),
-        LinearObservation(
-            rng.standard_normal((4, dim)), noise_std=0.7, locations=jnp.arange(4.0)
-        ),
+        LinearObservation(rng.standard_normal((4, dim)), noise_std=0.7, locations=jnp.arange(4.0)),
         Arctan(Identity(dim, noise_std=0.2)),
     ]

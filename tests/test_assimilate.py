@@ -96,7 +96,10 @@ def test_kalman_filter_runs_in_the_loop(getkey):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda d, s, e: dict(belief0=ax.Ensemble(jnp.ones((N, D + 1)))), "state shape"),
+        (
+            lambda d, s, e: dict(belief0=ax.Ensemble(jnp.ones((N, D + 1)))),
+            "state shape",
+        ),
         (lambda d, s, e: dict(t0=1.0), "t0"),
         (lambda d, s, e: dict(truth=jnp.zeros((K + 1, D))), "truth"),
         (lambda d, s, e: dict(chunk_size=0), "chunk_size"),
@@ -114,7 +117,11 @@ def test_bad_input(problem, getkey, change, match):
 @pytest.mark.parametrize(
     "times, values, match",
     [
-        (jnp.array([0.1, 0.1, 0.3]), jnp.zeros((3, 5)), "strictly increasing; got times\\[1\\]"),
+        (
+            jnp.array([0.1, 0.1, 0.3]),
+            jnp.zeros((3, 5)),
+            "strictly increasing; got times\\[1\\]",
+        ),
         (jnp.array([0.3, 0.2, 0.4]), jnp.zeros((3, 5)), "strictly increasing"),
         (jnp.array([0.1, jnp.nan, 0.3]), jnp.zeros((3, 5)), "finite"),
         (jnp.array([0.1, 0.2, 0.3]), jnp.zeros((3, 4)), "values"),
@@ -135,6 +142,8 @@ def test_nan_in_initial_ensemble_is_named():
 
 def test_letkf_in_loop_with_sparse_observations(problem, getkey):
     dyn, series, ens, truth = problem
-    sol = ax.assimilate(LETKF(radius=2.0, inflation=1.05), dyn, series, ens, key=getkey(), truth=truth)
+    sol = ax.assimilate(
+        LETKF(radius=2.0, inflation=1.05), dyn, series, ens, key=getkey(), truth=truth
+    )
     assert sol.rmse_analysis.shape == (K,)
     assert jnp.all(jnp.isfinite(sol.rmse_analysis))

@@ -9,11 +9,30 @@ from assimilax._cli import main
 
 def test_twin_writes_file_and_table(tmp_path, capsys):
     out = tmp_path / "run.nc"
-    code = main([
-        "twin", "--model", "lorenz96", "--dim", "12", "--filters", "etkf,letkf",
-        "--members", "8", "--cycles", "40", "--burn-in", "5", "--observe", "every:2",
-        "--seed", "3", "--out", str(out), "--no-progress",
-    ])
+    code = main(
+        [
+            "twin",
+            "--model",
+            "lorenz96",
+            "--dim",
+            "12",
+            "--filters",
+            "etkf,letkf",
+            "--members",
+            "8",
+            "--cycles",
+            "40",
+            "--burn-in",
+            "5",
+            "--observe",
+            "every:2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     ds = ax.read_netcdf(out)
     assert list(ds["filter"].values) == ["etkf", "letkf"]
@@ -26,11 +45,42 @@ def test_twin_writes_file_and_table(tmp_path, capsys):
 
 
 def test_arctan_and_lorenz63(tmp_path, capsys):
-    assert main(["twin", "--model", "lorenz63", "--cycles", "30", "--filters", "etkf",
-                 "--no-progress"]) == 0
-    assert main(["twin", "--dim", "10", "--cycles", "20", "--filters", "etkf",
-                 "--observation", "arctan", "--obs-std", "0.1", "--no-progress",
-                 "--precision", "float64"]) == 0
+    assert (
+        main(
+            [
+                "twin",
+                "--model",
+                "lorenz63",
+                "--cycles",
+                "30",
+                "--filters",
+                "etkf",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "twin",
+                "--dim",
+                "10",
+                "--cycles",
+                "20",
+                "--filters",
+                "etkf",
+                "--observation",
+                "arctan",
+                "--obs-std",
+                "0.1",
+                "--no-progress",
+                "--precision",
+                "float64",
+            ]
+        )
+        == 0
+    )
 
 
 def test_errors_are_one_line(capsys):
@@ -50,12 +100,14 @@ def test_errors_are_one_line(capsys):
 def test_console_script_has_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "assimilax._cli", "twin", "--model", "nope"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "Unknown model 'nope'" in proc.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "assimilax._cli", "twin", "--members", "-3"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "--members" in proc.stderr

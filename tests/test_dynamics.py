@@ -20,10 +20,18 @@ def test_lorenz96_vector_field_matches_definition(getkey):
 @pytest.mark.parametrize("model", [Lorenz63(), Lorenz96(10)])
 def test_rk4_against_scipy_reference(model, getkey):
     """RK4 at dt=0.01 over 0.5 time units agrees with a tight adaptive solution."""
-    x0 = jnp.asarray([1.0, 2.0, 20.0]) if isinstance(model, Lorenz63) else 8 + jr.normal(getkey(), (10,))
+    x0 = (
+        jnp.asarray([1.0, 2.0, 20.0])
+        if isinstance(model, Lorenz63)
+        else 8 + jr.normal(getkey(), (10,))
+    )
     ref = scipy.integrate.solve_ivp(
         lambda t, x: np.asarray(model.vector_field(jnp.asarray(x))),
-        (0, 0.5), np.asarray(x0), method="DOP853", rtol=1e-12, atol=1e-12,
+        (0, 0.5),
+        np.asarray(x0),
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
     ).y[:, -1]
     x1 = model.step(x0, 0.0, 0.5, key=getkey())
     # Global RK4 error at dt=0.01 is ~1e-4 on these fast fields (|f| ~ 50-100); the
@@ -34,7 +42,11 @@ def test_rk4_against_scipy_reference(model, getkey):
 @pytest.mark.parametrize("model", [Lorenz63(), Lorenz96(8)])
 def test_rk4_fourth_order(model, getkey):
     """The measured order of convergence is 4 +- 0.4 (fit over step sizes)."""
-    x0 = jnp.asarray([1.0, 2.0, 20.0]) if isinstance(model, Lorenz63) else 8 + jr.normal(getkey(), (8,))
+    x0 = (
+        jnp.asarray([1.0, 2.0, 20.0])
+        if isinstance(model, Lorenz63)
+        else 8 + jr.normal(getkey(), (8,))
+    )
     fine = Lorenz63(dt=1e-4) if isinstance(model, Lorenz63) else Lorenz96(8, dt=1e-4)
     ref = fine.step(x0, 0.0, 0.4, key=getkey())
     dts = np.array([0.04, 0.02, 0.01, 0.005])
@@ -88,7 +100,14 @@ def test_linear_transition_is_exact(getkey):
     assert np.allclose(m, scipy.linalg.expm(0.7 * np.asarray(a)))
     # Q_Delta = int_0^Delta e^{As} Q e^{A^T s} ds, by quadrature.
     s = np.linspace(0, 0.7, 2001)
-    vals = np.stack([scipy.linalg.expm(np.asarray(a) * t) @ np.asarray(q) @ scipy.linalg.expm(np.asarray(a).T * t) for t in s])
+    vals = np.stack(
+        [
+            scipy.linalg.expm(np.asarray(a) * t)
+            @ np.asarray(q)
+            @ scipy.linalg.expm(np.asarray(a).T * t)
+            for t in s
+        ]
+    )
     quad = scipy.integrate.simpson(vals, x=s, axis=0)
     assert np.allclose(qd, quad, atol=1e-10)
 

@@ -64,9 +64,11 @@ def test_conformance(flt, getkey):
     keys = jr.split(getkey(), 3)
     outs = jax.vmap(lambda k: cycle(flt, ens, y, k))(keys)
     assert outs.members.shape == (3, *ens.members.shape)
+
     # scan a few cycles
     def body(b, k):
         return cycle(flt, b, y, k), None
+
     final, _ = lax.scan(body, ens, jr.split(getkey(), 4))
     assert jnp.all(jnp.isfinite(final.members))
     # float32 in, float32 out
@@ -145,15 +147,15 @@ def test_kalman_filter_matches_joint_gaussian(getkey):
     cov[:d, :d] = p0
     for i, (mm, qq) in enumerate(mats):
         lo, hi = i * d, (i + 1) * d
-        mean[hi:hi + d] = mm @ mean[lo:hi]
+        mean[hi : hi + d] = mm @ mean[lo:hi]
         # Cov(x_{i+1}, x_j) = M Cov(x_i, x_j); Var(x_{i+1}) = M Var(x_i) M^T + Q.
-        cov[hi:hi + d, :hi] = mm @ cov[lo:hi, :hi]
-        cov[:hi, hi:hi + d] = cov[hi:hi + d, :hi].T
-        cov[hi:hi + d, hi:hi + d] = mm @ cov[lo:hi, lo:hi] @ mm.T + qq
+        cov[hi : hi + d, :hi] = mm @ cov[lo:hi, :hi]
+        cov[:hi, hi : hi + d] = cov[hi : hi + d, :hi].T
+        cov[hi : hi + d, hi : hi + d] = mm @ cov[lo:hi, lo:hi] @ mm.T + qq
     hmat, rmat = np.asarray(obs.matrix()), np.asarray(obs.noise.dense())
     g = np.zeros((3 * m, n_x))
     for i in range(3):
-        g[i * m:(i + 1) * m, (i + 1) * d:(i + 2) * d] = hmat
+        g[i * m : (i + 1) * m, (i + 1) * d : (i + 2) * d] = hmat
     s = g @ cov @ g.T + np.kron(np.eye(3), rmat)
     gain = cov @ g.T @ np.linalg.inv(s)
     post_mean = mean + gain @ (np.asarray(ys).ravel() - g @ mean)
@@ -201,12 +203,14 @@ def test_stochastic_enkf_converges_to_kalman(getkey):
     errors = []
     flt = StochasticEnKF()
     for n in sizes:
-        def err(key):
+
+        def err(key, n=int(n)):
             k1, k2 = jr.split(key)
-            ens = _exact_ensemble(k1, m0, p0, int(n))
+            ens = _exact_ensemble(k1, m0, p0, n)
             post = flt.update(ens, obs, y, key=k2)
             mean_err = jnp.sum((post.mean() - kf_post.loc) ** 2)
             return mean_err, jnp.sum((post.covariance() - kf_post.covariance_matrix) ** 2)
+
         mean_err, cov_err = jax.vmap(err)(jr.split(getkey(), 100))
         assert jnp.max(mean_err) < 1e-20
         errors.append(float(jnp.sqrt(jnp.mean(cov_err))))

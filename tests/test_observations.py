@@ -78,9 +78,9 @@ def test_observation_operators(index, getkey):
         assert np.allclose(y, obs.matrix() @ x)
     # log-likelihood is the Gaussian density of the residual
     yobs = obs.sample(x, key=getkey())
-    expected = scipy.stats.multivariate_normal(
-        np.asarray(y), np.asarray(obs.noise.dense())
-    ).logpdf(np.asarray(yobs))
+    expected = scipy.stats.multivariate_normal(np.asarray(y), np.asarray(obs.noise.dense())).logpdf(
+        np.asarray(yobs)
+    )
     assert np.isclose(obs.log_likelihood(yobs, x), expected)
     # vmappable over members and jittable
     xs = jr.normal(getkey(), (5, d))
@@ -110,7 +110,10 @@ def test_subsample_every_and_locations():
         (lambda: Identity(5, noise_std=-1.0), "noise_std"),
         (lambda: Identity(5, noise_std=jnp.nan), "noise_std"),
         (lambda: Identity(5), "exactly one"),
-        (lambda: Identity(5, noise_std=1.0, noise_covariance=jnp.eye(5)), "exactly one"),
+        (
+            lambda: Identity(5, noise_std=1.0, noise_covariance=jnp.eye(5)),
+            "exactly one",
+        ),
         (lambda: Identity(5, noise_std=jnp.ones(4)), "size 4"),
         (lambda: Identity(0, noise_std=1.0), "state_shape"),
         (lambda: Subsample(5, jnp.array([0, 5]), noise_std=1.0), "indices"),
@@ -118,7 +121,10 @@ def test_subsample_every_and_locations():
         (lambda: Subsample.every(5, 0, noise_std=1.0), "k >= 1"),
         (lambda: DiagonalCovariance(jnp.array([1.0, 0.0])), "variances"),
         (lambda: ScalarCovariance(-2.0, 3), "variance"),
-        (lambda: DenseCovariance(jnp.array([[1.0, 2.0], [2.0, 1.0]])), "positive definite"),
+        (
+            lambda: DenseCovariance(jnp.array([[1.0, 2.0], [2.0, 1.0]])),
+            "positive definite",
+        ),
         (lambda: DenseCovariance(jnp.array([[1.0, 0.5], [0.0, 1.0]])), "symmetric"),
         (lambda: LinearObservation(jnp.ones(3), noise_std=1.0), "matrix"),
         (lambda: as_covariance(3, noise_std=jnp.ones((3, 3))), "noise_std"),

@@ -72,7 +72,9 @@ def test_dataset_contents(small_dataset):
     err = ds["analysis_mean"] - ds["truth"]
     assert np.allclose(np.sqrt((err**2).mean("x")), ds["rmse_analysis"])
     s = ax.summarise(ds)
-    assert np.isclose(s["etkf"]["rmse_analysis"], ds["rmse_analysis"].sel(filter="etkf")[10:].mean())
+    assert np.isclose(
+        s["etkf"]["rmse_analysis"], ds["rmse_analysis"].sel(filter="etkf")[10:].mean()
+    )
 
 
 def test_netcdf_round_trip(small_dataset, tmp_path):
@@ -132,8 +134,8 @@ def test_long_runs_match_dapper_tables(seed):
     """Full-length runs over several seeds (run with `pytest -m slow`).
 
     Lorenz-63 (10,000 cycles): ETKF N=10 <= 0.66 (DAPPER 0.60), perturbed-observation
-    EnKF N=10 <= 0.70 (DAPPER 0.65; ours 0.62-0.64 with infl 1.08). Lorenz-96 (10,000 cycles): ETKF <= 0.20, LETKF
-    <= 0.22.
+    EnKF N=10 <= 0.70 (DAPPER 0.65; ours 0.62-0.64 with infl 1.08).
+    Lorenz-96 (10,000 cycles): ETKF <= 0.20, LETKF <= 0.22.
     """
     s63 = ax.summarise(_run("lorenz63", ["etkf", "enkf"], cycles=10000, burn_in=1000, seed=seed))
     assert s63["etkf"]["rmse_analysis"] <= 0.66, s63

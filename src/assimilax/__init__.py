@@ -4,11 +4,10 @@ from . import dynamics as dynamics, filters as filters, observations as observat
 from ._assimilate import Solution as Solution, assimilate as assimilate
 from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
 from ._ensemble import Ensemble as Ensemble
-from ._results import RESULTS as RESULTS
-from ._streams import ObservationSeries as ObservationSeries
-
 from ._io import read_netcdf as read_netcdf, write_netcdf as write_netcdf
 from ._metrics import rmse as rmse, time_average as time_average
+from ._results import RESULTS as RESULTS
+from ._streams import ObservationSeries as ObservationSeries
 from ._twin import (
     MODELS as MODELS,
     make_filter as make_filter,

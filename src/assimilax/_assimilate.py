@@ -26,8 +26,8 @@ class Solution(eqx.Module):
     """
 
     times: Float[Array, " K"]
-    forecast_mean: Float[Array, "K *state"]
-    analysis_mean: Float[Array, "K *state"]
+    forecast_mean: Float[Array, " K *state"]
+    analysis_mean: Float[Array, " K *state"]
     forecast_spread: Float[Array, " K"]
     analysis_spread: Float[Array, " K"]
     rmse_forecast: Float[Array, " K"] | None
@@ -38,8 +38,18 @@ class Solution(eqx.Module):
 
 
 @eqx.filter_jit
-def _run_cycles(filter, dynamics, observations, belief, t_start, truth, start, key,
-                result, save_ensembles):
+def _run_cycles(
+    filter,
+    dynamics,
+    observations,
+    belief,
+    t_start,
+    truth,
+    start,
+    key,
+    result,
+    save_ensembles,
+):
     """Scan over the records of `observations`; cycle `i` is global cycle `start + i`."""
     ndim = len(belief.mean().shape)
 
@@ -50,9 +60,7 @@ def _run_cycles(filter, dynamics, observations, belief, t_start, truth, start, k
         # give the same numbers as one long run.
         forecast_key, update_key = jr.split(jr.fold_in(key, cycle))
         forecast = filter.forecast(belief, dynamics, t_prev, t, key=forecast_key)
-        analysis = filter.update(
-            forecast, observations.observation, y, mask, key=update_key
-        )
+        analysis = filter.update(forecast, observations.observation, y, mask, key=update_key)
         mean_f, mean_a = forecast.mean(), analysis.mean()
         # Keep the first failure only.
         bad_f = ~jnp.all(jnp.isfinite(mean_f))
@@ -86,7 +94,11 @@ def _chunk(observations: ObservationSeries, lo: int, hi: int) -> ObservationSeri
     return eqx.tree_at(
         lambda s: (s.times, s.values, s.mask),
         observations,
-        (observations.times[lo:hi], observations.values[lo:hi], observations.mask[lo:hi]),
+        (
+            observations.times[lo:hi],
+            observations.values[lo:hi],
+            observations.mask[lo:hi],
+        ),
     )
 
 
@@ -98,7 +110,7 @@ def assimilate(
     *,
     key: PRNGKeyArray,
     t0: RealScalarLike = 0.0,
-    truth: Float[Array, "K *state"] | None = None,
+    truth: Float[Array, " K *state"] | None = None,
     save_ensembles: bool = False,
     throw: bool = True,
     chunk_size: int | None = None,
@@ -143,13 +155,10 @@ def assimilate(
     if not isinstance(filter, AbstractFilter):
         raise TypeError(f"`filter` must be an AbstractFilter; got {type(filter).__name__}.")
     if not isinstance(dynamics, AbstractDynamics):
-        raise TypeError(
-            f"`dynamics` must be an AbstractDynamics; got {type(dynamics).__name__}."
-        )
+        raise TypeError(f"`dynamics` must be an AbstractDynamics; got {type(dynamics).__name__}.")
     if not isinstance(observations, ObservationSeries):
         raise TypeError(
-            "`observations` must be an ObservationSeries; got "
-            f"{type(observations).__name__}."
+            f"`observations` must be an ObservationSeries; got {type(observations).__name__}."
         )
     if not isinstance(belief0, AbstractBelief):
         raise TypeError(
@@ -197,7 +206,7 @@ def assimilate(
     belief, t_start = belief0, t0
     outputs = []
     try:
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             belief, result, out = _run_cycles(
                 filter,
                 dynamics,
@@ -234,5 +243,3 @@ def assimilate(
         belief=belief,
         result=result,
     )
-
-

@@ -45,9 +45,7 @@ class GaussianBelief(AbstractBelief):
         d = loc.shape[0]
         check_shape(covariance_matrix, (d, d), "covariance_matrix", "(d, d)")
         self.loc = check_finite(loc, "loc", traced=False)
-        self.covariance_matrix = check_finite(
-            covariance_matrix, "covariance_matrix", traced=False
-        )
+        self.covariance_matrix = check_finite(covariance_matrix, "covariance_matrix", traced=False)
 
     def mean(self):
         return self.loc

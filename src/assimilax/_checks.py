@@ -68,8 +68,7 @@ def check_ndim(x, ndim: int, name: str, shape_doc: str):
     """Raise `ValueError` unless `x.ndim == ndim`."""
     if jnp.ndim(x) != ndim:
         raise ValueError(
-            f"`{name}` must have shape {shape_doc} ({ndim} dimension(s)); "
-            f"got shape {jnp.shape(x)}."
+            f"`{name}` must have shape {shape_doc} ({ndim} dimension(s)); got shape {jnp.shape(x)}."
         )
 
 
@@ -77,9 +76,7 @@ def check_shape(x, shape: tuple[int, ...], name: str, shape_doc: str | None = No
     """Raise `ValueError` unless `x.shape == shape`."""
     if tuple(jnp.shape(x)) != tuple(shape):
         doc = f" {shape_doc}" if shape_doc else ""
-        raise ValueError(
-            f"`{name}` must have shape {tuple(shape)}{doc}; got shape {jnp.shape(x)}."
-        )
+        raise ValueError(f"`{name}` must have shape {tuple(shape)}{doc}; got shape {jnp.shape(x)}.")
 
 
 def check_floating(x, name: str):

@@ -35,9 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="assimilax", description="Sequential data assimilation in JAX."
-    )
+    parser = _Parser(prog="assimilax", description="Sequential data assimilation in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     twin = sub.add_parser(
         "twin",
@@ -56,17 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
     twin.add_argument("--cycles", type=_positive_int, default=2000, help="observation cycles")
     twin.add_argument(
-        "--burn-in", type=_nonnegative_int, default=None,
+        "--burn-in",
+        type=_nonnegative_int,
+        default=None,
         help="cycles left out of time averages (default: 10%% of --cycles)",
     )
     twin.add_argument("--obs-interval", type=_positive_float, default=None)
     twin.add_argument("--obs-std", type=_positive_float, default=None)
     twin.add_argument("--observe", default="all", help="all | every:K | random:M")
     twin.add_argument("--observation", default="linear", help="linear | arctan")
-    twin.add_argument("--inflation", type=_positive_float, default=None,
-                      help="multiplicative inflation for every filter (overrides tuning)")
-    twin.add_argument("--radius", type=_positive_float, default=None,
-                      help="LETKF localisation radius in grid points")
+    twin.add_argument(
+        "--inflation",
+        type=_positive_float,
+        default=None,
+        help="multiplicative inflation for every filter (overrides tuning)",
+    )
+    twin.add_argument(
+        "--radius",
+        type=_positive_float,
+        default=None,
+        help="LETKF localisation radius in grid points",
+    )
     twin.add_argument("--precision", default="float64", choices=["float32", "float64"])
     twin.add_argument("--seed", type=int, default=0)
     twin.add_argument("--out", default=None, help="write the results to this netCDF file")
@@ -83,7 +91,13 @@ def _run_twin(args) -> int:
     import jax.random as jr
 
     from ._io import write_netcdf
-    from ._twin import get_model, make_filter, make_observation, summarise, twin_experiment
+    from ._twin import (
+        get_model,
+        make_filter,
+        make_observation,
+        summarise,
+        twin_experiment,
+    )
 
     setup = get_model(args.model)
     dim = setup.default_dim if args.dim is None else args.dim
@@ -95,8 +109,7 @@ def _run_twin(args) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"--filters: a filter is named twice in {args.filters!r}.")
     filters = {
-        n: make_filter(n, setup, inflation=args.inflation, radius=args.radius)
-        for n in names
+        n: make_filter(n, setup, inflation=args.inflation, radius=args.radius) for n in names
     }
     obs_std = setup.obs_std if args.obs_std is None else args.obs_std
     obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
@@ -106,9 +119,7 @@ def _run_twin(args) -> int:
     burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
     if burn_in >= args.cycles:
         raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")
-    observation = make_observation(
-        dim, obs_std, args.observe, args.observation, seed=args.seed
-    )
+    observation = make_observation(dim, obs_std, args.observe, args.observation, seed=args.seed)
     settings = {
         "model": setup.name,
         "dim": dim,

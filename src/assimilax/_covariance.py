@@ -147,9 +147,7 @@ class DenseCovariance(AbstractCovariance):
         matrix = jnp.asarray(matrix)
         check_ndim(matrix, 2, "matrix", "(m, m)")
         if matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(
-                f"`matrix` must be square (m, m); got shape {matrix.shape}."
-            )
+            raise ValueError(f"`matrix` must be square (m, m); got shape {matrix.shape}.")
         matrix = check_finite(matrix, "matrix")
         matrix = check_value(
             matrix,
@@ -194,9 +192,7 @@ class DenseCovariance(AbstractCovariance):
         return z @ self.cholesky.T
 
 
-def as_covariance(
-    size: int, noise_std=None, noise_covariance=None
-) -> AbstractCovariance:
+def as_covariance(size: int, noise_std=None, noise_covariance=None) -> AbstractCovariance:
     """Build a covariance from exactly one of `noise_std` or `noise_covariance`.
 
     - `noise_std`: a scalar standard deviation (`R = std^2 I`) or a vector of `m`

@@ -1,16 +1,16 @@
 """Type aliases shared across the package (one place, as in diffrax)."""
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 
 if TYPE_CHECKING:
     # Simple types for static checkers.
-    RealScalarLike = Union[float, int, ArrayLike]
+    RealScalarLike = float | int | ArrayLike
     BoolMask = Array
 else:
-    RealScalarLike = Union[float, int, Float[ArrayLike, ""], Int[ArrayLike, ""]]
+    RealScalarLike = float | int | Float[ArrayLike, ""] | Int[ArrayLike, ""]
     BoolMask = Bool[Array, " m"]
 
 StateShape = tuple[int, ...]

@@ -27,7 +27,7 @@ class Ensemble(AbstractBelief):
     `TypeError` if the members are not floating point.
     """
 
-    members: Float[Array, "n *state"]
+    members: Float[Array, " n *state"]
     log_weights: Float[Array, " n"]
 
     def __init__(self, members, log_weights=None):
@@ -73,7 +73,7 @@ class Ensemble(AbstractBelief):
     def mean(self):
         return jnp.tensordot(self.weights(), self.members, axes=1)
 
-    def anomalies(self) -> Float[Array, "n *state"]:
+    def anomalies(self) -> Float[Array, " n *state"]:
         """Members minus the (weighted) mean."""
         mean = self.mean()
         return self.members - mean[None]
@@ -102,7 +102,6 @@ class Ensemble(AbstractBelief):
         return 1 / jnp.sum(self.weights() ** 2)
 
 
-def flatten_members(members: Float[Array, "n *state"]) -> Float[Array, "n d"]:
+def flatten_members(members: Float[Array, " n *state"]) -> Float[Array, "n d"]:
     """`(n, *state)` to `(n, d)`."""
     return members.reshape(members.shape[0], -1)
-

@@ -62,6 +62,5 @@ def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
             return ds.load()
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(
-            f"{str(path)!r} is not a readable netCDF file (truncated or another "
-            f"format?): {e}"
+            f"{str(path)!r} is not a readable netCDF file (truncated or another format?): {e}"
         ) from None

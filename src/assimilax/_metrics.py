@@ -17,7 +17,5 @@ def rmse(
 def time_average(series, burn_in: int):
     """Mean over the leading (time) axis of the cycles after the first `burn_in`."""
     if not 0 <= burn_in < series.shape[0]:
-        raise ValueError(
-            f"`burn_in` must lie in [0, {series.shape[0]}) cycles; got {burn_in}."
-        )
+        raise ValueError(f"`burn_in` must lie in [0, {series.shape[0]}) cycles; got {burn_in}.")
     return series[burn_in:].mean(axis=0)

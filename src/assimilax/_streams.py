@@ -35,8 +35,7 @@ class ObservationSeries(eqx.Module):
     def __init__(self, observation, times, values, mask=None):
         if not isinstance(observation, AbstractObservation):
             raise TypeError(
-                "`observation` must be an AbstractObservation; got "
-                f"{type(observation).__name__}."
+                f"`observation` must be an AbstractObservation; got {type(observation).__name__}."
             )
         times = jnp.asarray(times)
         values = jnp.asarray(values)
@@ -57,9 +56,7 @@ class ObservationSeries(eqx.Module):
         values = check_value(
             values, lambda v, xp: xp.isinf(v), "`values` must not contain infinities."
         )
-        times = check_value(
-            times, lambda t, xp: ~xp.isfinite(t), "`times` must be finite."
-        )
+        times = check_value(times, lambda t, xp: ~xp.isfinite(t), "`times` must be finite.")
         if k > 1:
             times = check_value(
                 times,

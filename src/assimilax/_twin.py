@@ -122,9 +122,7 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
 
 def get_model(name: str) -> ModelSetup:
     if name not in MODELS:
-        raise ValueError(
-            f"Unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}."
-        )
+        raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}.")
     return MODELS[name]
 
 
@@ -137,9 +135,7 @@ def make_filter(name: str, model: str | ModelSetup, **overrides) -> AbstractFilt
     """
     setup = get_model(model) if isinstance(model, str) else model
     if name not in FILTERS:
-        raise ValueError(
-            f"Unknown filter {name!r}; choose from {', '.join(sorted(FILTERS))}."
-        )
+        raise ValueError(f"Unknown filter {name!r}; choose from {', '.join(sorted(FILTERS))}.")
     options = dict(setup.filter_defaults.get(name, {}))
     options.update({k: v for k, v in overrides.items() if v is not None})
     if name != "letkf":
@@ -175,8 +171,7 @@ def make_observation(
         if "unknown form" not in str(e) and "invalid literal" not in str(e):
             raise
         raise ValueError(
-            f"`observe` must be 'all', 'every:K' or 'random:M' with integers K, M; got "
-            f"{observe!r}."
+            f"`observe` must be 'all', 'every:K' or 'random:M' with integers K, M; got {observe!r}."
         ) from None
     if operator == "linear":
         return obs
@@ -299,7 +294,13 @@ def twin_experiment(
         start = time.perf_counter()
         belief0 = flt.init(ensemble, key=run_key)
         sol = assimilate(
-            flt, dynamics, series, belief0, key=run_key, truth=truth, throw=False,
+            flt,
+            dynamics,
+            series,
+            belief0,
+            key=run_key,
+            truth=truth,
+            throw=False,
             progress=progress,
         )
         jax.block_until_ready(sol.analysis_mean)
@@ -323,7 +324,10 @@ def twin_experiment(
                 ("filter",),
                 np.array([int(s.result != RESULTS.successful) for s in results], np.int8),
             ),
-            "filter_description": (("filter",), np.array([describe(filters[n]) for n in names])),
+            "filter_description": (
+                ("filter",),
+                np.array([describe(filters[n]) for n in names]),
+            ),
             "wall_seconds": (("filter",), np.array(seconds)),
         },
         coords={
@@ -347,8 +351,15 @@ def twin_experiment(
     }
     for var, text in long_names.items():
         ds[var].attrs["long_name"] = text
-    for var in ("truth", "observations", "analysis_mean", "rmse_analysis",
-                "rmse_forecast", "spread_analysis", "spread_forecast"):
+    for var in (
+        "truth",
+        "observations",
+        "analysis_mean",
+        "rmse_analysis",
+        "rmse_forecast",
+        "spread_analysis",
+        "spread_forecast",
+    ):
         ds[var].attrs["units"] = "state units"
     ds["time"].attrs["units"] = "model time units"
     ds.attrs.update(

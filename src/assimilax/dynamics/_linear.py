@@ -1,6 +1,5 @@
 """Linear stochastic dynamics with an exact transition: the Kalman filter's model."""
 
-import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
@@ -52,7 +51,10 @@ class LinearDynamics(AbstractDynamics):
             return jsl.expm(self.drift * delta), jnp.zeros((d, d), self.drift.dtype)
         # Van Loan (1978): expm([[-A, Q], [0, A^T]] Δ) = [[., G], [0, M^T]], Q_Δ = M G.
         block = jnp.block(
-            [[-self.drift, self.noise_covariance], [jnp.zeros_like(self.drift), self.drift.T]]
+            [
+                [-self.drift, self.noise_covariance],
+                [jnp.zeros_like(self.drift), self.drift.T],
+            ]
         )
         e = jsl.expm(block * delta)
         m = e[d:, d:].T

@@ -78,9 +78,7 @@ class Lorenz63(AbstractDynamics):
     dt: float = eqx.field(static=True)
     noise_std: Float[Array, ""] | None
 
-    def __init__(
-        self, sigma=10.0, rho=28.0, beta=8.0 / 3.0, dt: float = 0.01, noise_std=None
-    ):
+    def __init__(self, sigma=10.0, rho=28.0, beta=8.0 / 3.0, dt: float = 0.01, noise_std=None):
         if not dt > 0:
             raise ValueError(f"`dt` must be positive; got {dt!r}.")
         self.sigma = jnp.asarray(sigma)
@@ -95,9 +93,7 @@ class Lorenz63(AbstractDynamics):
 
     def vector_field(self, x: Float[Array, " 3"]) -> Float[Array, " 3"]:
         s, r, b = (p.astype(x.dtype) for p in (self.sigma, self.rho, self.beta))
-        return jnp.stack(
-            [s * (x[1] - x[0]), x[0] * (r - x[2]) - x[1], x[0] * x[1] - b * x[2]]
-        )
+        return jnp.stack([s * (x[1] - x[0]), x[0] * (r - x[2]) - x[1], x[0] * x[1] - b * x[2]])
 
     def step(self, x, t0, t1, *, key):
         x = rk4_integrate(self.vector_field, x, t0, t1, self.dt)

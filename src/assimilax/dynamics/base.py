@@ -46,9 +46,7 @@ def substeps(t0, t1, dt) -> tuple[Array, Array]:
     return n, h
 
 
-def rk4_integrate(
-    vector_field: Callable[[Array], Array], x: Array, t0, t1, dt
-) -> Array:
+def rk4_integrate(vector_field: Callable[[Array], Array], x: Array, t0, t1, dt) -> Array:
     """Integrate the autonomous ODE `dx/dt = f(x)` with classical RK4.
 
     Fixed steps of size at most `dt` (see `substeps`), looped with `lax.fori_loop` so the

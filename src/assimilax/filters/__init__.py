@@ -2,11 +2,11 @@
 
 from ._enkf import ETKF as ETKF, StochasticEnKF as StochasticEnKF
 from ._inflation import (
+    RTPP as RTPP,
+    RTPS as RTPS,
     AbstractInflation as AbstractInflation,
     MultiplicativeInflation as MultiplicativeInflation,
     NoInflation as NoInflation,
-    RTPP as RTPP,
-    RTPS as RTPS,
 )
 from ._kalman import KalmanFilter as KalmanFilter
 from ._letkf import LETKF as LETKF

@@ -158,9 +158,7 @@ class StochasticEnKF(AbstractEnsembleFilter):
         perturbations = perturbations - perturbations.mean(axis=0, keepdims=True)
         perturbations = perturbations.astype(y.dtype)
         # Whitened member innovations L^{-1}(y + eps_j - h(x_j)), masked entries zero.
-        innovations = observation.noise.whiten(
-            y[None] + perturbations - terms.obs_members, mask
-        )
+        innovations = observation.noise.whiten(y[None] + perturbations - terms.obs_members, mask)
         s = terms.obs_anomalies
         c = s @ s.T + (n - 1) * jnp.eye(n, dtype=s.dtype)
         chol = jnp.linalg.cholesky(c)

@@ -96,9 +96,7 @@ class LETKF(AbstractEnsembleFilter):
             w, t = transform(s * root[None], innovation * root)
             return (w[None] + t) @ anomalies
 
-        increments = jax.vmap(local_analysis, in_axes=(0, 1), out_axes=1)(
-            grid, terms.anomalies
-        )
+        increments = jax.vmap(local_analysis, in_axes=(0, 1), out_axes=1)(grid, terms.anomalies)
         analysis = terms.mean[None] + increments
         forecast = terms.mean[None] + terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)

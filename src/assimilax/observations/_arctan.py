@@ -1,8 +1,9 @@
 """The arctan observation operator, the nonlinear test of the ensemble score filter."""
 
+import jax.numpy as jnp
+
 from .._covariance import AbstractCovariance
 from .base import AbstractObservation
-import jax.numpy as jnp
 
 
 class Arctan(AbstractObservation):

@@ -86,16 +86,20 @@ class Subsample(AbstractLinearObservation):
 
     @classmethod
     def every(
-        cls, state_shape, k: int, offset: int = 0, *, noise_std=None, noise_covariance=None
+        cls,
+        state_shape,
+        k: int,
+        offset: int = 0,
+        *,
+        noise_std=None,
+        noise_covariance=None,
     ) -> "Subsample":
         """Observe every `k`-th flat component, starting at `offset`."""
         shape = _state_shape(state_shape)
         if k < 1 or not 0 <= offset < k:
             raise ValueError(f"Need k >= 1 and 0 <= offset < k; got k={k}, offset={offset}.")
         indices = np.arange(offset, int(np.prod(shape)), k)
-        return cls(
-            shape, indices, noise_std=noise_std, noise_covariance=noise_covariance
-        )
+        return cls(shape, indices, noise_std=noise_std, noise_covariance=noise_covariance)
 
     def apply(self, x):
         return x.reshape(-1)[self.indices]
@@ -123,9 +127,7 @@ class LinearObservation(AbstractLinearObservation):
     noise: AbstractCovariance
     observation_locations: Float[Array, "m ndim"] | None
 
-    def __init__(
-        self, matrix, *, noise_std=None, noise_covariance=None, locations=None
-    ):
+    def __init__(self, matrix, *, noise_std=None, noise_covariance=None, locations=None):
         matrix = jnp.asarray(matrix)
         check_ndim(matrix, 2, "matrix", "(m, d)")
         self.operator = check_finite(matrix, "matrix")

@@ -60,9 +60,7 @@ class AbstractLinearObservation(AbstractObservation):
         """The matrix `H` acting on the flattened state."""
 
 
-def grid_coordinates(
-    flat_indices: Array, state_shape: tuple[int, ...]
-) -> Float[Array, "m ndim"]:
+def grid_coordinates(flat_indices: Array, state_shape: tuple[int, ...]) -> Float[Array, "m ndim"]:
     """Grid-index coordinates of flat indices into a state of shape `state_shape`."""
     coords = jnp.unravel_index(flat_indices, state_shape)
     return jnp.stack(coords, axis=-1).astype(jnp.result_type(float))
