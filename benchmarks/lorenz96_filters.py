@@ -25,8 +25,6 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import assimilax as ax  # noqa: E402
-from assimilax._assimilate import _run_cycles  # noqa: E402
-from assimilax._results import RESULTS  # noqa: E402
 from assimilax._twin import _synthetic_observations, _truth_run, describe  # noqa: E402
 
 
@@ -66,23 +64,11 @@ def main():
     )
     print(header)
     print("-" * len(header))
-    result0 = RESULTS.where(jax.numpy.asarray(False), RESULTS.successful, RESULTS.successful)
     for name in args.filters.split(","):
         flt = ax.make_filter(name, setup)
-        run = lambda flt=flt: _run_cycles(
-            flt,
-            dyn,
-            series,
-            ens,
-            jax.numpy.asarray(0.0),
-            truth,
-            jax.numpy.asarray(0, jax.numpy.int32),
-            k4,
-            result0,
-            False,
-        )
+        run = lambda flt=flt: ax.assimilate(flt, dyn, series, ens, key=k4, truth=truth)
         start = time.perf_counter()
-        belief, result, out = jax.block_until_ready(run())
+        sol = jax.block_until_ready(run())
         first = time.perf_counter() - start
         best = min(
             timeit.repeat(
@@ -91,8 +77,8 @@ def main():
                 repeat=args.repeat,
             )
         )
-        rmse = float(np.mean(out["rmse_analysis"][args.burn_in :]))
-        spread = float(np.mean(out["analysis_spread"][args.burn_in :]))
+        rmse = float(np.mean(sol.rmse_analysis[args.burn_in :]))
+        spread = float(np.mean(sol.analysis_spread[args.burn_in :]))
         print(
             f"{name:<7} {rmse:>7.4f} {spread:>8.4f} {max(first - best, 0):>9.2f} "
             f"{args.cycles / best:>10.0f}  {describe(flt)}"

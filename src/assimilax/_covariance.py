@@ -50,6 +50,14 @@ class AbstractCovariance(eqx.Module):
     def sample(self, *, key: PRNGKeyArray, shape: tuple[int, ...] = ()) -> Array:
         """Draw `(*shape, m)` samples of `N(0, R)`."""
 
+    def masked_dense(self, mask: Bool[Array, " m"] | None = None) -> Float[Array, "m m"]:
+        """`R` with masked-out components decoupled: `R` on the observed block, `I` elsewhere."""
+        r = self.dense()
+        if mask is None:
+            return r
+        both = mask[:, None] & mask[None, :]
+        return jnp.where(both, r, jnp.eye(self.dim, dtype=r.dtype))
+
     def log_density(
         self, residual: Float[Array, " m"], mask: Bool[Array, " m"] | None = None
     ) -> Float[Array, ""]:
@@ -174,10 +182,7 @@ class DenseCovariance(AbstractCovariance):
     def _factor(self, mask):
         if mask is None:
             return self.cholesky
-        # Decouple masked components: R' = R on the observed block, I elsewhere.
-        both = mask[:, None] & mask[None, :]
-        eye = jnp.eye(self.dim, dtype=self.matrix.dtype)
-        return jnp.linalg.cholesky(jnp.where(both, self.matrix, eye))
+        return jnp.linalg.cholesky(self.masked_dense(mask))
 
     def whiten(self, v, mask=None):
         chol = self._factor(mask).astype(v.dtype)

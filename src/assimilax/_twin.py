@@ -153,26 +153,20 @@ def make_observation(
     - `operator`: 'linear' or 'arctan' (arctan applied to the observed components).
     """
     kind, _, arg = observe.partition(":")
-    try:
-        if kind == "all" and not arg:
-            obs = Identity(dim, noise_std=obs_std)
-        elif kind == "every":
-            obs = Subsample.every(dim, int(arg), noise_std=obs_std)
-        elif kind == "random":
-            m = int(arg)
-            if not 1 <= m <= dim:
-                raise ValueError(f"random:M needs 1 <= M <= {dim}; got M={m}.")
-            rng = np.random.default_rng(seed)
-            idx = np.sort(rng.choice(dim, size=m, replace=False))
-            obs = Subsample(dim, idx, noise_std=obs_std)
-        else:
-            raise ValueError("unknown form")
-    except ValueError as e:
-        if "unknown form" not in str(e) and "invalid literal" not in str(e):
-            raise
+    if not ((kind == "all" and not arg) or (kind in ("every", "random") and arg.isdigit())):
         raise ValueError(
             f"`observe` must be 'all', 'every:K' or 'random:M' with integers K, M; got {observe!r}."
-        ) from None
+        )
+    if kind == "all":
+        obs = Identity(dim, noise_std=obs_std)
+    elif kind == "every":
+        obs = Subsample.every(dim, int(arg), noise_std=obs_std)
+    else:
+        m = int(arg)
+        if not 1 <= m <= dim:
+            raise ValueError(f"random:M needs 1 <= M <= {dim}; got M={m}.")
+        rng = np.random.default_rng(seed)
+        obs = Subsample(dim, np.sort(rng.choice(dim, size=m, replace=False)), noise_std=obs_std)
     if operator == "linear":
         return obs
     if operator == "arctan":

@@ -48,12 +48,15 @@ def innovation_terms(
     mean = jnp.mean(x, axis=0)
     obs_members = jax.vmap(observation.apply)(ensemble.members)
     obs_mean = jnp.mean(obs_members, axis=0)
+    # One whitening call for both, so a dense masked R is factorised once per update.
+    stacked = jnp.concatenate([obs_members - obs_mean[None], (y - obs_mean)[None]])
+    whitened = observation.noise.whiten(stacked, mask)
     return InnovationTerms(
         mean=mean,
         anomalies=x - mean[None],
         obs_members=obs_members,
-        obs_anomalies=observation.noise.whiten(obs_members - obs_mean[None], mask),
-        innovation=observation.noise.whiten(y - obs_mean, mask),
+        obs_anomalies=whitened[:-1],
+        innovation=whitened[-1],
     )
 
 
@@ -126,7 +129,7 @@ class ETKF(AbstractEnsembleFilter):
         w, t = transform(terms.obs_anomalies, terms.innovation)
         if self.rotate:
             t = mean_preserving_rotation(belief.size, key=key, dtype=t.dtype) @ t
-        forecast = terms.mean[None] + terms.anomalies
+        forecast = flatten_members(belief.members)
         analysis = terms.mean[None] + (w[None] + t) @ terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)
 
@@ -164,6 +167,6 @@ class StochasticEnKF(AbstractEnsembleFilter):
         chol = jnp.linalg.cholesky(c)
         # Increments (n, d) = innovations S^T C^{-1} A.
         gain = jsl.cho_solve((chol, True), s @ innovations.T)
-        forecast = terms.mean[None] + terms.anomalies
+        forecast = flatten_members(belief.members)
         analysis = forecast + gain.T @ terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)

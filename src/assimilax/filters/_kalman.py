@@ -50,12 +50,11 @@ class KalmanFilter(AbstractFilter[GaussianBelief]):
                 f" got {type(observation).__name__}."
             )
         h = observation.matrix().astype(belief.loc.dtype)
-        r = observation.noise.dense().astype(belief.loc.dtype)
+        r = observation.noise.masked_dense(mask).astype(belief.loc.dtype)
         residual = y - h @ belief.loc
         if mask is not None:
             h = jnp.where(mask[:, None], h, 0)
             residual = jnp.where(mask, residual, 0)
-            r = jnp.where(mask[:, None] & mask[None, :], r, jnp.eye(r.shape[0], dtype=r.dtype))
         p = belief.covariance_matrix
         s = h @ p @ h.T + r
         chol = jnp.linalg.cholesky(s)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._ensemble import flatten_members
 from ..observations.base import grid_coordinates
 from ._enkf import _as_inflation, innovation_terms, transform, unflatten
 from ._inflation import AbstractInflation
@@ -98,5 +99,5 @@ class LETKF(AbstractEnsembleFilter):
 
         increments = jax.vmap(local_analysis, in_axes=(0, 1), out_axes=1)(grid, terms.anomalies)
         analysis = terms.mean[None] + increments
-        forecast = terms.mean[None] + terms.anomalies
+        forecast = flatten_members(belief.members)
         return unflatten(self.inflation(forecast, analysis), belief)
