@@ -4,7 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from assimilax.filters import ETKF, LETKF, RTPS, StochasticEnKF
+from assimilax.filters import ETKF, LETKF, RTPS, BootstrapFilter, StochasticEnKF
 from assimilax.observations import Arctan, Identity, LinearObservation, Subsample
 
 
@@ -19,6 +19,8 @@ all_ensemble_filters = [
     StochasticEnKF(inflation=1.02),
     LETKF(radius=2.0, inflation=RTPS(0.5)),
     LETKF(radius=2.0, max_local_observations=3),
+    BootstrapFilter(threshold=1.0, regularisation=1.0),
+    BootstrapFilter("residual", threshold=0.5, jitter_duplicates_only=False),
 ]
 
 

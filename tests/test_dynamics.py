@@ -91,6 +91,25 @@ def test_model_noise_variance_scales_with_time(getkey):
     assert abs(var - 0.3**2 * 0.2) < 6 * 0.3**2 * 0.2 * np.sqrt(2 / n)
 
 
+@pytest.mark.parametrize(
+    "model",
+    [Lorenz63(noise_std=0.5), LinearDynamics(-jnp.eye(3) + 0.2, 0.4 * jnp.eye(3) + 0.1)],
+    ids=["lorenz63", "linear"],
+)
+def test_additive_noise_split_matches_step(model, getkey):
+    """`step` draws from N(step_mean, step_covariance): mean and covariance of 20000
+    draws within 6 standard errors."""
+    x0 = jnp.array([1.0, -2.0, 20.0])
+    xs = jax.vmap(lambda k: model.step(x0, 0.0, 0.3, key=k))(jr.split(getkey(), 20000))
+    mean, q = model.step_mean(x0, 0.0, 0.3), model.step_covariance(0.0, 0.3)
+    se = np.sqrt(np.diagonal(q) / 20000)
+    assert np.all(np.abs(np.asarray(xs.mean(0) - mean)) < 6 * se)
+    cov = np.cov(np.asarray(xs).T)
+    scale = np.sqrt(np.outer(np.diagonal(q), np.diagonal(q)) * 2 / 20000)
+    assert np.all(np.abs(cov - np.asarray(q)) < 6 * scale)
+    assert np.allclose(Lorenz63().step_covariance(0.0, 0.3), 0.0)
+
+
 def test_linear_transition_is_exact(getkey):
     a = jnp.array([[-0.5, 1.0], [-1.0, -0.3]])
     q = jnp.array([[0.2, 0.05], [0.05, 0.1]])

@@ -64,17 +64,36 @@ def test_dataset_contents(small_dataset):
     assert ds["truth"].dims == ("time", "x") and ds["truth"].shape == (60, 40)
     assert ds["observations"].dims == ("time", "obs")
     assert ds["analysis_mean"].dims == ("filter", "time", "x")
-    for var in ("rmse_analysis", "rmse_forecast", "spread_analysis"):
+    for var in (
+        "rmse_analysis",
+        "rmse_forecast",
+        "spread_analysis",
+        "crps_analysis",
+        "energy_score_analysis",
+    ):
         assert ds[var].dims == ("filter", "time")
         assert "long_name" in ds[var].attrs and "units" in ds[var].attrs
     assert ds.attrs["burn_in"] == 10 and ds.attrs["members"] == 20
     # RMSE variables agree with the stored means and truth
     err = ds["analysis_mean"] - ds["truth"]
     assert np.allclose(np.sqrt((err**2).mean("x")), ds["rmse_analysis"])
+    assert ds["coverage_analysis"].dims == ("filter", "time", "level")
+    assert ds["rank_histogram"].dims == ("filter", "rank_bin")
+    # every component of every cycle after burn-in is counted once
+    assert np.allclose(ds["rank_histogram"].sum("rank_bin"), 50 * 40)
+    assert np.allclose(ds["ess_analysis"], 20)  # EnKF weights are equal
+    # the spread is the RMS of the per-component standard deviations
+    assert np.allclose(np.sqrt((ds["analysis_std"] ** 2).mean("x")), ds["spread_analysis"])
     s = ax.summarise(ds)
+    etkf = ds.sel(filter="etkf").isel(time=slice(10, None))
+    assert np.isclose(s["etkf"]["rmse_analysis"], etkf["rmse_analysis"].mean())
+    assert np.isclose(s["etkf"]["crps_analysis"], etkf["crps_analysis"].mean())
     assert np.isclose(
-        s["etkf"]["rmse_analysis"], ds["rmse_analysis"].sel(filter="etkf")[10:].mean()
+        s["etkf"]["spread_skill"], etkf["spread_analysis"].mean() / etkf["rmse_analysis"].mean()
     )
+    assert np.isclose(s["etkf"]["coverage_50"], etkf["coverage_analysis"].sel(level=0.5).mean())
+    # CRPS is below the mean absolute error of the mean (the spread is informative)
+    assert s["etkf"]["crps_analysis"] < np.abs(err.sel(filter="etkf")[10:]).mean()
 
 
 def test_netcdf_round_trip(small_dataset, tmp_path):

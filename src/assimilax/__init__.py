@@ -1,11 +1,15 @@
 """assimilax: sequential data assimilation in JAX."""
 
-from . import dynamics as dynamics, filters as filters, observations as observations
+from . import (
+    dynamics as dynamics,
+    filters as filters,
+    metrics as metrics,
+    observations as observations,
+)
 from ._assimilate import Solution as Solution, assimilate as assimilate
 from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
 from ._ensemble import Ensemble as Ensemble
 from ._io import read_netcdf as read_netcdf, write_netcdf as write_netcdf
-from ._metrics import rmse as rmse, time_average as time_average
 from ._results import RESULTS as RESULTS
 from ._streams import ObservationSeries as ObservationSeries
 from ._twin import (
@@ -15,6 +19,7 @@ from ._twin import (
     summarise as summarise,
     twin_experiment as twin_experiment,
 )
+from .metrics import rmse as rmse, time_average as time_average
 
 
 __version__ = "0.1.0"

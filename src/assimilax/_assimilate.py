@@ -10,28 +10,42 @@ from ._belief import AbstractBelief
 from ._checks import check_finite, check_shape, is_concrete
 from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
 from ._ensemble import Ensemble
-from ._metrics import rmse
 from ._results import RESULTS
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
 from .filters import AbstractFilter
+from .metrics import cycle_scores, rmse
 
 
 class Solution(eqx.Module):
     """The output of `assimilate`: per-cycle diagnostics and the final belief.
 
     Per-cycle arrays have a leading axis of length `K` (the number of observation
-    times). RMSEs are None unless a `truth` was given; `ensembles` (the analysis
-    members, `(K, n, *state)`) is None unless `save_ensembles=True`.
+    times):
+
+    - `forecast_mean`, `analysis_mean`, `analysis_std` (per component), and the RMS
+      spreads `forecast_spread`, `analysis_spread`;
+    - `effective_size`: the analysis ensemble's effective sample size `1 / sum w^2`
+      (`n` for EnKFs; a particle filter's weight collapse shows here), None for
+      non-ensemble beliefs;
+    - `rmse_forecast`, `rmse_analysis`: None unless a `truth` was given;
+    - `scores`: the analysis ensemble's `metrics.cycle_scores` (`crps`,
+      `energy_score`, `coverage` (K, L), `rank_counts` (K, bins)), None unless a
+      `truth` was given with `scores=True` and the belief is an ensemble;
+    - `ensembles`: the analysis members `(K, n, *state)`, None unless
+      `save_ensembles=True`.
     """
 
     times: Float[Array, " K"]
     forecast_mean: Float[Array, " K *state"]
     analysis_mean: Float[Array, " K *state"]
+    analysis_std: Float[Array, " K *state"]
     forecast_spread: Float[Array, " K"]
     analysis_spread: Float[Array, " K"]
+    effective_size: Float[Array, " K"] | None
     rmse_forecast: Float[Array, " K"] | None
     rmse_analysis: Float[Array, " K"] | None
+    scores: dict[str, Array] | None
     ensembles: Float[Array, "K n *state"] | None
     belief: AbstractBelief
     result: RESULTS
@@ -49,6 +63,7 @@ def _run_cycles(
     key,
     result,
     save_ensembles,
+    scores,
 ):
     """Scan over the records of `observations`; cycle `i` is global cycle `start + i`."""
     ndim = len(belief.mean().shape)
@@ -72,12 +87,17 @@ def _run_cycles(
         out = dict(
             forecast_mean=mean_f,
             analysis_mean=mean_a,
+            analysis_std=jnp.sqrt(analysis.variance()),
             forecast_spread=forecast.spread(),
             analysis_spread=analysis.spread(),
         )
+        if isinstance(analysis, Ensemble):
+            out["effective_size"] = analysis.effective_size()
         if x_true is not None:
             out["rmse_forecast"] = rmse(mean_f, x_true, ndim)
             out["rmse_analysis"] = rmse(mean_a, x_true, ndim)
+            if scores and isinstance(analysis, Ensemble):
+                out["scores"] = cycle_scores(analysis, x_true)
         if save_ensembles:
             out["ensembles"] = analysis.members
         return (analysis, t, result), out
@@ -112,6 +132,7 @@ def assimilate(
     t0: RealScalarLike = 0.0,
     truth: Float[Array, " K *state"] | None = None,
     save_ensembles: bool = False,
+    scores: bool = True,
     throw: bool = True,
     chunk_size: int | None = None,
     progress: bool = False,
@@ -132,6 +153,10 @@ def assimilate(
     - `t0`: the time of `belief0`; must precede the first observation time.
     - `truth`: optional `(K, *state)` true states at the observation times; if given,
       per-cycle RMSEs are returned.
+    - `scores`: with a `truth` and an ensemble belief, also compute the probabilistic
+      scores of every analysis (CRPS, energy score, coverage, rank counts; see
+      `metrics.cycle_scores`). They cost about as much as an EnKF update at small `n`;
+      turn them off for timing runs.
     - `save_ensembles`: also return the analysis members of every cycle (memory:
       `K * n * d` numbers).
     - `throw`: raise if the run fails (non-finite forecast or analysis). With
@@ -218,6 +243,7 @@ def assimilate(
                 key,
                 result,
                 save_ensembles,
+                scores,
             )
             t_start = observations.times[hi - 1]
             outputs.append(out)
@@ -235,10 +261,13 @@ def assimilate(
         times=observations.times,
         forecast_mean=out.get("forecast_mean"),
         analysis_mean=out.get("analysis_mean"),
+        analysis_std=out.get("analysis_std"),
         forecast_spread=out.get("forecast_spread"),
         analysis_spread=out.get("analysis_spread"),
+        effective_size=out.get("effective_size"),
         rmse_forecast=out.get("rmse_forecast"),
         rmse_analysis=out.get("rmse_analysis"),
+        scores=out.get("scores"),
         ensembles=out.get("ensembles"),
         belief=belief,
         result=result,

@@ -25,6 +25,14 @@ def _number(convert, low: int | float, strict: bool, what: str):
 _positive_int = _number(int, 0, True, "a positive integer")
 _nonnegative_int = _number(int, 0, False, "an integer >= 0")
 _positive_float = _number(float, 0.0, True, "a positive number")
+_nonnegative_float = _number(float, 0.0, False, "a number >= 0")
+
+
+def _fraction(text: str) -> float:
+    value = _nonnegative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--model", default="lorenz96", help="lorenz96 (default) or lorenz63")
     twin.add_argument("--dim", type=_positive_int, default=None, help="state dimension")
     twin.add_argument(
-        "--filters", default="etkf,letkf,enkf", help="comma-separated: etkf,letkf,enkf"
+        "--filters", default="etkf,letkf,enkf", help="comma-separated: etkf,letkf,enkf,pf"
     )
     twin.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
     twin.add_argument("--cycles", type=_positive_int, default=2000, help="observation cycles")
@@ -75,12 +83,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="LETKF localisation radius in grid points",
     )
+    twin.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=None,
+        help="particle filter: resample when ESS <= threshold * members",
+    )
+    twin.add_argument(
+        "--regularisation",
+        type=_nonnegative_float,
+        default=None,
+        help="particle filter: jitter factor after resampling (DAPPER's reg)",
+    )
+    twin.add_argument(
+        "--resampling",
+        default=None,
+        choices=["systematic", "stratified", "residual", "multinomial"],
+        help="particle filter resampling scheme (default systematic)",
+    )
     twin.add_argument("--precision", default="float64", choices=["float32", "float64"])
     twin.add_argument("--seed", type=int, default=0)
     twin.add_argument("--out", default=None, help="write the results to this netCDF file")
     twin.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     twin.set_defaults(run=_run_twin)
+
+    rep = sub.add_parser(
+        "report",
+        help="plots and a summary table of a twin-experiment file",
+        description=(
+            "Write PNG plots (RMSE and spread through time, rank histograms, truth vs "
+            "analysis, ESS of particle filters) and summary.md into --out."
+        ),
+    )
+    rep.add_argument("file", help="a netCDF file written by `assimilax twin --out`")
+    rep.add_argument("--out", default="report", help="output folder (default: report/)")
+    rep.set_defaults(run=_run_report)
     return parser
+
+
+def _run_report(args) -> int:
+    from ._report import report
+
+    for path in report(args.file, args.out):
+        print(path)
+    return 0
 
 
 def _run_twin(args) -> int:
@@ -108,9 +154,14 @@ def _run_twin(args) -> int:
         raise ValueError("--filters: name at least one filter.")
     if len(set(names)) != len(names):
         raise ValueError(f"--filters: a filter is named twice in {args.filters!r}.")
-    filters = {
-        n: make_filter(n, setup, inflation=args.inflation, radius=args.radius) for n in names
-    }
+    options = dict(
+        inflation=args.inflation,
+        radius=args.radius,
+        threshold=args.threshold,
+        regularisation=args.regularisation,
+        resampling=args.resampling,
+    )
+    filters = {n: make_filter(n, setup, **options) for n in names}
     obs_std = setup.obs_std if args.obs_std is None else args.obs_std
     obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
     members = setup.members if args.members is None else args.members
@@ -151,14 +202,18 @@ def _run_twin(args) -> int:
         attrs=settings,
     )
     scores = summarise(ds)
-    print(f"{'filter':<8} {'rmse_a':>8} {'rmse_f':>8} {'spread_a':>9} {'cycles/s':>10}")
+    print(
+        f"{'filter':<8} {'rmse_a':>8} {'rmse_f':>8} {'spread_a':>9} {'crps_a':>8} "
+        f"{'cov90':>6} {'ess':>7} {'cycles/s':>9}"
+    )
     for name in names:
         s = scores[name]
         rate = args.cycles / float(ds["wall_seconds"].sel(filter=name))
         flag = "  DIVERGED" if s["failed"] else ""
         print(
             f"{name:<8} {s['rmse_analysis']:>8.4f} {s['rmse_forecast']:>8.4f} "
-            f"{s['spread_analysis']:>9.4f} {rate:>10.0f}{flag}"
+            f"{s['spread_analysis']:>9.4f} {s['crps_analysis']:>8.4f} "
+            f"{s['coverage_90']:>6.2f} {s['ess_analysis']:>7.1f} {rate:>9.0f}{flag}"
         )
     print(f"(time averages after {burn_in} burn-in cycles; cycles/s includes compilation)")
     if args.out:

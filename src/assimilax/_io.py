@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +21,19 @@ def _netcdf_safe(attrs: dict) -> dict:
     return out
 
 
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write `ds` to `path` (netCDF4) atomically.
-
-    The file is written to a temporary name in the same folder, flushed to disk, then
-    renamed over `path`, so a reader (or a crash) never sees a half-written file.
-    Returns the path.
-    """
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call `write(tmp)` to create a temporary file next to `path`, flush it to disk,
+    then rename it over `path`: a reader (or a crash) never sees a half-written file.
+    Returns the path."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"`path` {str(path)!r} is a directory; give a file name.")
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    ds = ds.copy()
-    ds.attrs = _netcdf_safe(ds.attrs)
-    for var in ds.variables.values():
-        var.attrs = _netcdf_safe(var.attrs)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4")
+        write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -47,6 +41,15 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write `ds` to `path` (netCDF4) atomically (see `atomic_write`). Returns the path."""
+    ds = ds.copy()
+    ds.attrs = _netcdf_safe(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = _netcdf_safe(var.attrs)
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def read_netcdf(path: str | os.PathLike) -> xr.Dataset:

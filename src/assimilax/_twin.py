@@ -20,11 +20,11 @@ from jax import lax
 from ._assimilate import assimilate
 from ._custom_types import PRNGKeyArray
 from ._ensemble import Ensemble
-from ._metrics import time_average
 from ._results import RESULTS
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics, Lorenz63, Lorenz96
-from .filters import ETKF, LETKF, AbstractFilter, StochasticEnKF
+from .filters import ETKF, LETKF, AbstractFilter, BootstrapFilter, StochasticEnKF
+from .metrics import COVERAGE_LEVELS, rank_bins, spread_skill_ratio, time_average
 from .observations import AbstractObservation, Arctan, Identity, Subsample
 
 
@@ -79,6 +79,9 @@ MODELS: dict[str, ModelSetup] = {
             # The perturbed-observation EnKF needs far more inflation at N=20
             # (measured: 1.25 gives 0.35; 1.08 diverges; N=30 with 1.08 gives 0.24).
             "enkf": {"inflation": 1.25},
+            # DAPPER `mods.Lorenz96.bocquet2010_m40` tuning for thousands of particles;
+            # a particle filter needs far more than the default 20 members here.
+            "pf": {"threshold": 0.2, "regularisation": 1.2},
         },
         expected=(
             "DAPPER 1.7 (measured on this machine type): ETKF N=20 infl 1.02: 0.193; "
@@ -105,6 +108,8 @@ MODELS: dict[str, ModelSetup] = {
             # Measured here, 10,000 cycles, seeds 0-2: infl 1.04 gives 0.66-0.72,
             # 1.08 gives 0.62-0.64 (DAPPER's table: 0.65 with 1.04).
             "enkf": {"inflation": 1.08},
+            # DAPPER `mods.Lorenz63.sakov2012`: N=100 reg 2.4 NER 0.3 gives 0.38.
+            "pf": {"threshold": 0.3, "regularisation": 2.4},
         },
         expected=(
             "DAPPER: ETKF N=10 infl 1.02: 0.60 (published table), 0.61 (measured); "
@@ -117,6 +122,14 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "etkf": ETKF,
     "letkf": LETKF,
     "enkf": StochasticEnKF,
+    "pf": BootstrapFilter,
+}
+# The options each filter takes from the CLI-style overrides.
+_OPTIONS = {
+    "etkf": ("inflation", "rotate"),
+    "letkf": ("inflation", "radius"),
+    "enkf": ("inflation",),
+    "pf": ("threshold", "regularisation", "resampling"),
 }
 
 
@@ -127,19 +140,19 @@ def get_model(name: str) -> ModelSetup:
 
 
 def make_filter(name: str, model: str | ModelSetup, **overrides) -> AbstractFilter:
-    """Build filter `name` ('etkf', 'letkf', 'enkf') with the defaults tuned for `model`.
+    """Build filter `name` ('etkf', 'letkf', 'enkf', 'pf') with the defaults tuned for
+    `model`.
 
-    `overrides` (e.g. `inflation=1.05`, `radius=6.0`) replace the defaults; a value of
-    None keeps the default. Options a filter does not take are ignored (`radius` for
-    the global filters).
+    `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the
+    defaults; a value of None keeps the default. Options a filter does not take are
+    ignored (`radius` for the global filters, `inflation` for the particle filter).
     """
     setup = get_model(model) if isinstance(model, str) else model
     if name not in FILTERS:
         raise ValueError(f"Unknown filter {name!r}; choose from {', '.join(sorted(FILTERS))}.")
     options = dict(setup.filter_defaults.get(name, {}))
     options.update({k: v for k, v in overrides.items() if v is not None})
-    if name != "letkf":
-        options.pop("radius", None)
+    options = {k: v for k, v in options.items() if k in _OPTIONS[name]}
     return FILTERS[name](**options)
 
 
@@ -238,8 +251,11 @@ def twin_experiment(
     5. Each filter assimilates the same observations.
 
     The dataset has a `filter` coordinate and `truth(time, x)`,
-    `observations(time, obs)`, `analysis_mean(filter, time, x)`,
+    `observations(time, obs)`, `analysis_mean`/`analysis_std(filter, time, x)`,
     `rmse_analysis`/`rmse_forecast`/`spread_analysis`/`spread_forecast(filter, time)`,
+    the probabilistic scores `crps_analysis`/`energy_score_analysis`/`ess_analysis`
+    `(filter, time)`, `coverage_analysis(filter, time, level)`,
+    `rank_histogram(filter, rank_bin)` (summed after burn-in),
     `failed(filter)` and `wall_seconds(filter)` (the only variable that differs
     between runs with equal seeds). Settings, including `burn_in` (in cycles), are
     attributes. Time-averaged scores: `summarise(ds)`.
@@ -304,12 +320,22 @@ def twin_experiment(
     # Dataset ------------------------------------------------------------------------
     sdims = _state_dims(state_shape)
     stack = lambda attr: np.stack([np.asarray(getattr(s, attr)) for s in results])
+    score = lambda name: np.stack([np.asarray(s.scores[name]) for s in results])
     obs_values = np.where(np.asarray(series.mask), np.asarray(y), np.nan)
     ds = xr.Dataset(
         {
             "truth": (("time", *sdims), np.asarray(truth)),
             "observations": (("time", "obs"), obs_values),
             "analysis_mean": (("filter", "time", *sdims), stack("analysis_mean")),
+            "analysis_std": (("filter", "time", *sdims), stack("analysis_std")),
+            "ess_analysis": (("filter", "time"), stack("effective_size")),
+            "crps_analysis": (("filter", "time"), score("crps")),
+            "energy_score_analysis": (("filter", "time"), score("energy_score")),
+            "coverage_analysis": (("filter", "time", "level"), score("coverage")),
+            "rank_histogram": (
+                ("filter", "rank_bin"),
+                score("rank_counts")[:, burn_in:].sum(axis=1),
+            ),
             "rmse_analysis": (("filter", "time"), stack("rmse_analysis")),
             "rmse_forecast": (("filter", "time"), stack("rmse_forecast")),
             "spread_analysis": (("filter", "time"), stack("analysis_spread")),
@@ -328,12 +354,21 @@ def twin_experiment(
             "filter": np.array(names),
             "time": np.asarray(times),
             "obs": np.arange(observation.obs_dim),
+            "level": np.asarray(COVERAGE_LEVELS),
+            "rank_bin": np.arange(rank_bins(members)),
         },
     )
     long_names = {
         "truth": "true state",
         "observations": "synthetic observations (NaN = missing)",
         "analysis_mean": "analysis ensemble mean",
+        "analysis_std": "analysis ensemble standard deviation per component",
+        "ess_analysis": "effective sample size of the analysis weights, 1/sum(w^2)",
+        "crps_analysis": "CRPS of the analysis ensemble, mean over components",
+        "energy_score_analysis": "energy score of the analysis ensemble (NaN: too large)",
+        "coverage_analysis": "fraction of components inside the central interval",
+        "rank_histogram": "counts of the truth's rank (PIT bin) after burn-in",
+        "level": "central interval probability",
         "rmse_analysis": "RMSE of the analysis mean against the truth",
         "rmse_forecast": "RMSE of the forecast mean against the truth",
         "spread_analysis": "RMS ensemble spread of the analysis",
@@ -349,6 +384,9 @@ def twin_experiment(
         "truth",
         "observations",
         "analysis_mean",
+        "analysis_std",
+        "crps_analysis",
+        "energy_score_analysis",
         "rmse_analysis",
         "rmse_forecast",
         "spread_analysis",
@@ -374,15 +412,43 @@ def twin_experiment(
     return ds
 
 
+SUMMARY_COLUMNS = (
+    "rmse_analysis",
+    "rmse_forecast",
+    "spread_analysis",
+    "spread_skill",
+    "crps_analysis",
+    "energy_score_analysis",
+    *(f"coverage_{round(100 * level)}" for level in COVERAGE_LEVELS),
+    "ess_analysis",
+)
+
+
 def summarise(ds: xr.Dataset) -> dict[str, dict[str, float]]:
-    """Time-averaged scores per filter, after the dataset's `burn_in` cycles."""
+    """Time-averaged scores per filter, after the dataset's `burn_in` cycles: the
+    `SUMMARY_COLUMNS` (`spread_skill` is mean spread over mean RMSE; `coverage_90` the
+    mean fraction of components inside the 90 % interval) and `failed`."""
     burn_in = int(ds.attrs["burn_in"])
     out = {}
     for name in ds["filter"].values.tolist():
         sel = ds.sel(filter=name)
-        out[name] = {
+        row = {
             var: float(time_average(sel[var].values, burn_in))
-            for var in ("rmse_analysis", "rmse_forecast", "spread_analysis")
+            for var in (
+                "rmse_analysis",
+                "rmse_forecast",
+                "spread_analysis",
+                "crps_analysis",
+                "energy_score_analysis",
+                "ess_analysis",
+            )
         }
+        row["spread_skill"] = float(
+            spread_skill_ratio(sel["spread_analysis"].values, sel["rmse_analysis"].values, burn_in)
+        )
+        coverage = time_average(sel["coverage_analysis"].values, burn_in)
+        for level, value in zip(COVERAGE_LEVELS, coverage, strict=True):
+            row[f"coverage_{round(100 * level)}"] = float(value)
+        out[name] = {col: row[col] for col in SUMMARY_COLUMNS}
         out[name]["failed"] = bool(sel["failed"].values)
     return out

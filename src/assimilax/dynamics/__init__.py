@@ -2,4 +2,7 @@
 
 from ._linear import LinearDynamics as LinearDynamics
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96
-from .base import AbstractDynamics as AbstractDynamics
+from .base import (
+    AbstractAdditiveNoiseDynamics as AbstractAdditiveNoiseDynamics,
+    AbstractDynamics as AbstractDynamics,
+)

@@ -6,10 +6,10 @@ import jax.scipy.linalg as jsl
 
 from .._checks import check_finite, check_ndim, check_shape
 from .._custom_types import Array, Float
-from .base import AbstractDynamics
+from .base import AbstractAdditiveNoiseDynamics
 
 
-class LinearDynamics(AbstractDynamics):
+class LinearDynamics(AbstractAdditiveNoiseDynamics):
     r"""The linear SDE $dx = A x\,dt + dW$, $\operatorname{Cov}(dW) = Q\,dt$, solved exactly.
 
     Over a step $\Delta = t_1 - t_0$ the transition is $x_1 = M x_0 + w$,
@@ -60,6 +60,14 @@ class LinearDynamics(AbstractDynamics):
         m = e[d:, d:].T
         q = m @ e[:d, d:]
         return m, 0.5 * (q + q.T)
+
+    def step_mean(self, x, t0, t1):
+        m, _ = self.transition(t0, t1)
+        return m.astype(x.dtype) @ x
+
+    def step_covariance(self, t0, t1):
+        _, q = self.transition(t0, t1)
+        return q
 
     def step(self, x, t0, t1, *, key):
         m, q = self.transition(t0, t1)

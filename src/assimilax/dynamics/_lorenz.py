@@ -1,11 +1,13 @@
 """Lorenz-63 and Lorenz-96, the standard low-order data-assimilation test beds."""
 
+import abc
+
 import equinox as eqx
 import jax.numpy as jnp
 
 from .._checks import check_positive
 from .._custom_types import Array, Float
-from .base import AbstractDynamics, add_model_noise, rk4_integrate
+from .base import AbstractAdditiveNoiseDynamics, add_model_noise, rk4_integrate
 
 
 def _noise_std(noise_std):
@@ -14,7 +16,32 @@ def _noise_std(noise_std):
     return check_positive(jnp.asarray(noise_std), "noise_std", "model noise levels")
 
 
-class Lorenz96(AbstractDynamics):
+class _AbstractLorenz(AbstractAdditiveNoiseDynamics):
+    """RK4 at a fixed internal step, then additive noise `noise_std * sqrt(t1 - t0)`."""
+
+    dt: eqx.AbstractVar[float]
+    noise_std: eqx.AbstractVar[Float[Array, ""] | None]
+
+    @abc.abstractmethod
+    def vector_field(self, x): ...
+
+    def step_mean(self, x, t0, t1):
+        return rk4_integrate(self.vector_field, x, t0, t1, self.dt)
+
+    def step_covariance(self, t0, t1):
+        (d,) = self.state_shape
+        dtype = jnp.result_type(float)
+        variance = 0.0 if self.noise_std is None else self.noise_std**2 * (t1 - t0)
+        return jnp.asarray(variance, dtype) * jnp.eye(d, dtype=dtype)
+
+    def step(self, x, t0, t1, *, key):
+        x = self.step_mean(x, t0, t1)
+        if self.noise_std is not None:
+            x = add_model_noise(x, self.noise_std, t0, t1, key=key)
+        return x
+
+
+class Lorenz96(_AbstractLorenz):
     r"""The Lorenz-96 model (Lorenz 1996) on a periodic ring of `dim >= 4` variables.
 
     $$\frac{dx_i}{dt} = (x_{i+1} - x_{i-2})\,x_{i-1} - x_i + F$$
@@ -57,14 +84,8 @@ class Lorenz96(AbstractDynamics):
         forcing = self.forcing.astype(x.dtype)
         return (xp[3:] - xp[:-3]) * xp[1:-2] - x + forcing
 
-    def step(self, x, t0, t1, *, key):
-        x = rk4_integrate(self.vector_field, x, t0, t1, self.dt)
-        if self.noise_std is not None:
-            x = add_model_noise(x, self.noise_std, t0, t1, key=key)
-        return x
 
-
-class Lorenz63(AbstractDynamics):
+class Lorenz63(_AbstractLorenz):
     r"""The Lorenz-63 model (Lorenz 1963).
 
     $$\dot x = \sigma(y - x),\quad \dot y = x(\rho - z) - y,\quad \dot z = xy - \beta z$$
@@ -94,9 +115,3 @@ class Lorenz63(AbstractDynamics):
     def vector_field(self, x: Float[Array, " 3"]) -> Float[Array, " 3"]:
         s, r, b = (p.astype(x.dtype) for p in (self.sigma, self.rho, self.beta))
         return jnp.stack([s * (x[1] - x[0]), x[0] * (r - x[2]) - x[1], x[0] * x[1] - b * x[2]])
-
-    def step(self, x, t0, t1, *, key):
-        x = rk4_integrate(self.vector_field, x, t0, t1, self.dt)
-        if self.noise_std is not None:
-            x = add_model_noise(x, self.noise_std, t0, t1, key=key)
-        return x

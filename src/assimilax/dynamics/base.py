@@ -34,6 +34,26 @@ class AbstractDynamics(eqx.Module):
         """Advance `x` from time `t0` to time `t1 >= t0`."""
 
 
+class AbstractAdditiveNoiseDynamics(AbstractDynamics):
+    r"""A model whose step is a deterministic map plus additive Gaussian noise:
+    $x_1 = f(x_0) + w$, $w \sim N(0, Q_{t_0 \to t_1})$.
+
+    Filters that use the split explicitly (the optimal-proposal particle filter)
+    need `step_mean` and `step_covariance`; `step` must draw from the same law.
+    """
+
+    @abc.abstractmethod
+    def step_mean(
+        self, x: Float[Array, " *state"], t0: RealScalarLike, t1: RealScalarLike
+    ) -> Float[Array, " *state"]:
+        """The deterministic part `f(x)` of a step from `t0` to `t1`."""
+
+    @abc.abstractmethod
+    def step_covariance(self, t0: RealScalarLike, t1: RealScalarLike) -> Float[Array, "d d"]:
+        """The covariance `Q` (dense, over the flattened state) of the step's noise;
+        zeros for a deterministic model."""
+
+
 def substeps(t0, t1, dt) -> tuple[Array, Array]:
     """Split `[t0, t1]` into `n = ceil((t1 - t0) / dt)` equal steps of size `h <= dt`.
 

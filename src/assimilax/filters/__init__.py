@@ -15,6 +15,14 @@ from ._localisation import (
     gaspari_cohn as gaspari_cohn,
     periodic_distance as periodic_distance,
 )
+from ._particle import (
+    RESAMPLING as RESAMPLING,
+    AbstractParticleFilter as AbstractParticleFilter,
+    BootstrapFilter as BootstrapFilter,
+    OptimalProposalFilter as OptimalProposalFilter,
+    ProposalEnsemble as ProposalEnsemble,
+    resample as resample,
+)
 from .base import (
     AbstractEnsembleFilter as AbstractEnsembleFilter,
     AbstractFilter as AbstractFilter,

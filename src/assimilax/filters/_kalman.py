@@ -44,22 +44,35 @@ class KalmanFilter(AbstractFilter[GaussianBelief]):
 
     def update(self, belief, observation, y, mask=None, *, key):
         del key
-        if not isinstance(observation, AbstractLinearObservation):
-            raise TypeError(
-                "KalmanFilter needs a linear observation (an AbstractLinearObservation);"
-                f" got {type(observation).__name__}."
-            )
-        h = observation.matrix().astype(belief.loc.dtype)
-        r = observation.noise.masked_dense(mask).astype(belief.loc.dtype)
-        residual = y - h @ belief.loc
-        if mask is not None:
-            h = jnp.where(mask[:, None], h, 0)
-            residual = jnp.where(mask, residual, 0)
-        p = belief.covariance_matrix
-        s = h @ p @ h.T + r
-        chol = jnp.linalg.cholesky(s)
-        gain = jsl.cho_solve((chol, True), h @ p).T
-        loc = belief.loc + gain @ residual
-        i_kh = jnp.eye(p.shape[0], dtype=p.dtype) - gain @ h
-        p = i_kh @ p @ i_kh.T + gain @ r @ gain.T
-        return GaussianBelief(loc, _symmetrise(p))
+        h, r, residual = masked_linear_terms(observation, y, belief.loc[None], mask)
+        gain, p, _ = kalman_gain(belief.covariance_matrix, h, r)
+        return GaussianBelief(belief.loc + gain @ residual[0], p)
+
+
+def masked_linear_terms(observation, y, states, mask):
+    """`H`, `R` and the residuals `y - H x` (n, m) of flat `states` (n, d), with masked
+    observations removed exactly: their rows of `H` and residuals zeroed, their noise
+    decoupled (`R` = identity there)."""
+    if not isinstance(observation, AbstractLinearObservation):
+        raise TypeError(
+            "This filter needs a linear observation (an AbstractLinearObservation); got "
+            f"{type(observation).__name__}."
+        )
+    h = observation.matrix().astype(states.dtype)
+    r = observation.noise.masked_dense(mask).astype(states.dtype)
+    residual = y[None] - states @ h.T
+    if mask is not None:
+        h = jnp.where(mask[:, None], h, 0)
+        residual = jnp.where(mask[None], residual, 0)
+    return h, r, residual
+
+
+def kalman_gain(p, h, r):
+    r"""The gain $K = P H^T S^{-1}$, $S = H P H^T + R$ (Cholesky solve), the posterior
+    covariance in Joseph form, $(I - KH) P (I - KH)^T + K R K^T$, symmetrised, and the
+    lower Cholesky factor of `S`."""
+    s = h @ p @ h.T + r
+    chol = jnp.linalg.cholesky(s)
+    gain = jsl.cho_solve((chol, True), h @ p).T
+    i_kh = jnp.eye(p.shape[0], dtype=p.dtype) - gain @ h
+    return gain, _symmetrise(i_kh @ p @ i_kh.T + gain @ r @ gain.T), chol

@@ -1,0 +1,202 @@
+"""DAPPER and assimilax side by side on the same twin experiments.
+
+For each case, DAPPER simulates the truth and the observations of its standard setting
+(`mods.Lorenz63.sakov2012`, `mods.Lorenz96.sakov2008`); DAPPER's method and the
+assimilax filter with the same settings then assimilate *the same observations*. The
+table gives the time-averaged analysis RMSE (after DAPPER's burn-in) and assimilation
+cycles per second of each, and their ratio.
+
+Our timing is of the compiled loop (a second run; compile time is printed
+separately) with per-cycle probabilistic scores off, as DAPPER computes none of them.
+Both use float64 and the same model integration (Lorenz-96: one RK4 step of 0.05 per
+cycle, DAPPER's setting; Lorenz-63: RK4 steps of 0.01).
+
+    pip install -e ".[bench]"
+    python benchmarks/dapper_side_by_side.py            # about 10 minutes on 2 cores
+    python benchmarks/dapper_side_by_side.py --scale 0.2  # shorter runs
+"""
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import dapper as dpr  # noqa: E402
+import dapper.da_methods as da  # noqa: E402
+import dapper.tools.progressbar  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+
+import assimilax as ax  # noqa: E402
+from assimilax.filters import ETKF, LETKF, BootstrapFilter, StochasticEnKF  # noqa: E402
+
+
+dapper.tools.progressbar.disable_progbar = True
+
+# (model, label, DAPPER method, assimilax filter, members, cycles at --scale 1)
+CASES = [
+    (
+        "lorenz63",
+        "ETKF N=10, infl 1.02, rotation",
+        lambda: da.EnKF("Sqrt", N=10, infl=1.02, rot=True),
+        lambda: ETKF(1.02, rotate=True),
+        10,
+        5000,
+    ),
+    (
+        "lorenz63",
+        "EnKF (perturbed obs) N=10, infl 1.04",
+        lambda: da.EnKF("PertObs", N=10, infl=1.04),
+        lambda: StochasticEnKF(1.04),
+        10,
+        5000,
+    ),
+    (
+        "lorenz63",
+        "PF N=100, reg 2.4, NER 0.3",
+        lambda: da.PartFilt(N=100, reg=2.4, NER=0.3),
+        lambda: BootstrapFilter(threshold=0.3, regularisation=2.4),
+        100,
+        5000,
+    ),
+    (
+        "lorenz63",
+        "PF N=1000, reg 0.9, NER 0.2",
+        lambda: da.PartFilt(N=1000, reg=0.9, NER=0.2),
+        lambda: BootstrapFilter(threshold=0.2, regularisation=0.9),
+        1000,
+        5000,
+    ),
+    (
+        "lorenz96",
+        "ETKF N=20, infl 1.02",
+        lambda: da.EnKF("Sqrt", N=20, infl=1.02),
+        lambda: ETKF(1.02),
+        20,
+        5000,
+    ),
+    (
+        "lorenz96",
+        "LETKF N=20, radius 4, infl 1.02",
+        lambda: da.LETKF(N=20, loc_rad=4, infl=1.02),
+        lambda: LETKF(radius=4.0, inflation=1.02),
+        20,
+        2000,
+    ),
+    (
+        "lorenz96",
+        "PF N=1000, reg 1.2, NER 0.2",
+        lambda: da.PartFilt(N=1000, reg=1.2, NER=0.2),
+        lambda: BootstrapFilter(threshold=0.2, regularisation=1.2),
+        1000,
+        2000,
+    ),
+]
+
+
+def _hmm(model: str, cycles: int):
+    if model == "lorenz63":
+        from dapper.mods.Lorenz63.sakov2012 import HMM
+
+        dynamics = ax.dynamics.Lorenz63(dt=0.01)
+    else:
+        from dapper.mods.Lorenz96.sakov2008 import HMM
+
+        dynamics = ax.dynamics.Lorenz96(40, dt=0.05)
+    HMM = HMM.copy()
+    HMM.tseq.Ko = cycles
+    return HMM, dynamics
+
+
+def _ours(flt, dynamics, HMM, xx, yy, members, seed):
+    tseq = HMM.tseq
+    times = jnp.asarray(tseq.tto)
+    truth = jnp.asarray(xx[tseq.kko])
+    obs_std = float(np.sqrt(HMM.Obs.noise.C.diag[0]))
+    observation = ax.observations.Identity(truth.shape[1], noise_std=obs_std)
+    series = ax.ObservationSeries(observation, times, jnp.asarray(yy))
+    x0_std = np.sqrt(HMM.X0.C.diag)
+    key = jr.key(seed)
+    members0 = HMM.X0.mu + x0_std * np.asarray(
+        jr.normal(jr.fold_in(key, 1), (members, len(x0_std)))
+    )
+    belief = flt.init(ax.Ensemble(jnp.asarray(members0)), key=key)
+
+    def run():
+        sol = ax.assimilate(
+            flt, dynamics, series, belief, key=key, truth=truth, scores=False, throw=False
+        )
+        return jax.block_until_ready(sol)
+
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    sol = run()
+    steady = time.perf_counter() - start
+    rmse = float(np.mean(np.asarray(sol.rmse_analysis)[tseq.masko]))
+    return rmse, steady, first - steady
+
+
+def _dapper(method, HMM, xx, yy, seed):
+    dpr.set_seed(seed)
+    xp = method()
+    start = time.perf_counter()
+    xp.assimilate(HMM, xx, yy, liveplots=False)
+    seconds = time.perf_counter() - start
+    xp.stats.average_in_time()
+    return float(xp.avrgs.err.rms.a.val), seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every run length")
+    parser.add_argument("--seed", type=int, default=3000)
+    parser.add_argument("--only", default=None, help="run the cases whose label contains this")
+    args = parser.parse_args()
+
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; python {platform.python_version()}"
+    )
+    print(
+        f"versions: assimilax {ax.__version__}, jax {jax.__version__} "
+        f"({jax.devices()[0].platform}), dapper {dpr.__version__}, numpy {np.__version__}"
+    )
+    header = (
+        f"{'model':<9} {'case':<38} {'cycles':>6} {'rmse DAPPER':>11} {'rmse ours':>9} "
+        f"{'diff':>6} {'c/s DAPPER':>10} {'c/s ours':>9} {'speed-up':>8} {'compile':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for model, label, dapper_method, ours, members, cycles in CASES:
+        if args.only and args.only not in label:
+            continue
+        cycles = max(int(cycles * args.scale), 50)
+        HMM, dynamics = _hmm(model, cycles)
+        dpr.set_seed(args.seed)
+        xx, yy = HMM.simulate()
+        rmse_d, sec_d = _dapper(dapper_method, HMM, xx, yy, args.seed)
+        rmse_o, sec_o, compile_o = _ours(ours(), dynamics, HMM, xx, yy, members, args.seed)
+        n = HMM.tseq.Ko + 1
+        print(
+            f"{model:<9} {label:<38} {n:>6} {rmse_d:>11.4f} {rmse_o:>9.4f} "
+            f"{100 * (rmse_o / rmse_d - 1):>+5.1f}% {n / sec_d:>10.0f} {n / sec_o:>9.0f} "
+            f"{sec_d / sec_o:>7.1f}x {compile_o:>6.1f}s",
+            flush=True,
+        )
+    print(
+        "rmse: analysis RMSE averaged over the cycles after DAPPER's burn-in; diff: ours "
+        "relative to DAPPER. c/s: assimilation cycles per second (ours: compiled loop, "
+        "compile time in the last column). Same truth and observations for both."
+    )
+
+
+if __name__ == "__main__":
+    main()

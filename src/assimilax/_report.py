@@ -1,0 +1,232 @@
+"""Reports of twin experiments: PNG plots and a Markdown summary table.
+
+Plots use matplotlib with the non-interactive Agg backend (no display needed); every
+file is written atomically.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ._io import atomic_write, read_netcdf
+from ._twin import SUMMARY_COLUMNS, summarise
+
+
+_REQUIRED = (
+    "truth",
+    "analysis_mean",
+    "analysis_std",
+    "rmse_analysis",
+    "spread_analysis",
+    "ess_analysis",
+    "rank_histogram",
+)
+# The last cycles shown in the state plots.
+_WINDOW = 200
+
+
+def _check_dataset(ds: xr.Dataset, source: str) -> None:
+    missing = [v for v in _REQUIRED if v not in ds]
+    if missing or "burn_in" not in ds.attrs:
+        what = ", ".join(missing) if missing else "the `burn_in` attribute"
+        raise ValueError(
+            f"{source} is not an assimilax twin-experiment file (missing {what}); make one "
+            "with `assimilax twin --out FILE.nc`."
+        )
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def _plot_errors(ds, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
+    t = ds["time"].values
+    for i, name in enumerate(ds["filter"].values.tolist()):
+        color = f"C{i}"
+        ax.plot(t, ds["rmse_analysis"].sel(filter=name), color=color, lw=0.8, label=f"{name} RMSE")
+        ax.plot(
+            t,
+            ds["spread_analysis"].sel(filter=name),
+            color=color,
+            lw=0.8,
+            ls="--",
+            label=f"{name} spread",
+        )
+    burn_in = int(ds.attrs["burn_in"])
+    if burn_in:
+        ax.axvline(t[burn_in], color="k", lw=0.6, ls=":", label="end of burn-in")
+    ax.set_yscale("log")
+    ax.set_xlabel("time")
+    ax.set_ylabel("analysis RMSE / spread")
+    ax.set_title("Analysis error (solid) and ensemble spread (dashed)")
+    ax.legend(ncol=2, fontsize="small")
+    return _save(fig, path)
+
+
+def _plot_ranks(ds, path):
+    import matplotlib.pyplot as plt
+
+    names = ds["filter"].values.tolist()
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        counts = ds["rank_histogram"].sel(filter=name).values.astype(float)
+        bins = counts.size
+        # Frequency relative to uniform: a calibrated ensemble gives bars near 1.
+        relative = counts * bins / max(counts.sum(), 1)
+        ax.bar(np.arange(bins), relative, width=0.9, color="C0")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(name)
+        ax.set_xlabel("rank of the truth")
+    axes[0][0].set_ylabel("relative frequency")
+    fig.suptitle("Rank histograms after burn-in (flat = calibrated)")
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
+
+
+def _plot_state(ds, path):
+    """Truth against the analysis: a time series with the ensemble band (+-1.96 std)
+    for up to 3 components, a Hovmöller diagram for longer states."""
+    import matplotlib.pyplot as plt
+
+    names = ds["filter"].values.tolist()
+    window = slice(max(ds.sizes["time"] - _WINDOW, 0), None)
+    sub = ds.isel(time=window)
+    t = sub["time"].values
+    truth = sub["truth"].values.reshape(t.size, -1)
+    d = truth.shape[1]
+    if d <= 3:
+        fig, axes = plt.subplots(d, 1, figsize=(9, 2.2 * d), sharex=True, squeeze=False)
+        for j, ax in enumerate(axes[:, 0]):
+            ax.plot(t, truth[:, j], color="k", lw=1.2, label="truth")
+            for i, name in enumerate(names):
+                mean = sub["analysis_mean"].sel(filter=name).values.reshape(t.size, -1)[:, j]
+                std = sub["analysis_std"].sel(filter=name).values.reshape(t.size, -1)[:, j]
+                ax.plot(t, mean, color=f"C{i}", lw=0.9, label=f"{name} mean")
+                ax.fill_between(t, mean - 1.96 * std, mean + 1.96 * std, color=f"C{i}", alpha=0.2)
+            ax.set_ylabel(f"x[{j}]")
+        axes[0, 0].legend(ncol=len(names) + 1, fontsize="small")
+        axes[-1, 0].set_xlabel("time")
+        fig.suptitle("Truth and analysis mean with the 95 % ensemble band")
+    else:
+        panels = [("truth", truth)] + [
+            (
+                f"{name}: analysis - truth",
+                sub["analysis_mean"].sel(filter=name).values.reshape(t.size, -1) - truth,
+            )
+            for name in names
+        ]
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4), squeeze=False)
+        scale = float(np.nanmax(np.abs(truth)))
+        for ax, (title, field) in zip(axes[0], panels, strict=True):
+            limit = scale if title == "truth" else max(float(np.nanmax(np.abs(field))), 1e-12)
+            image = ax.imshow(
+                field,
+                aspect="auto",
+                origin="lower",
+                cmap="RdBu_r",
+                vmin=-limit,
+                vmax=limit,
+                extent=(-0.5, d - 0.5, t[0], t[-1]),
+            )
+            ax.set_title(title, fontsize="small")
+            ax.set_xlabel("state component")
+            fig.colorbar(image, ax=ax, shrink=0.8)
+        axes[0][0].set_ylabel("time")
+        fig.suptitle("Hovmöller diagrams: truth and analysis error (last cycles)")
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
+
+
+def _plot_ess(ds, path, names):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3), layout="constrained")
+    members = int(ds.attrs.get("members", 0)) or None
+    for name in names:
+        ess = ds["ess_analysis"].sel(filter=name).values
+        ax.plot(ds["time"].values, ess, lw=0.8, label=name)
+    if members:
+        ax.axhline(members, color="k", lw=0.6, ls="--", label="ensemble size")
+    ax.set_yscale("log")
+    ax.set_xlabel("time")
+    ax.set_ylabel("effective sample size")
+    ax.set_title("Particle weights: effective sample size after each update")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def summary_table(ds: xr.Dataset) -> str:
+    """The time-averaged scores of `summarise` as a Markdown table."""
+    scores = summarise(ds)
+    header = ["filter", *SUMMARY_COLUMNS, "failed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in scores.items():
+        cells = [
+            name,
+            *(f"{row[c]:.6g}" for c in SUMMARY_COLUMNS),
+            "yes" if row["failed"] else "no",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(source: str | os.PathLike | xr.Dataset, out: str | os.PathLike) -> list[Path]:
+    """Write the plots and the summary table of a twin experiment into folder `out`.
+
+    - `rmse_spread.png`: analysis RMSE and spread through time, per filter;
+    - `rank_histograms.png`: one rank histogram per filter (after burn-in);
+    - `state.png`: truth vs analysis mean with the ensemble band (<= 3 components) or
+      Hovmöller diagrams of truth and analysis error (longer states);
+    - `ess.png`: effective sample size, for filters whose weights vary (particle
+      filters) — only if there is one;
+    - `summary.md`: the settings and the time-averaged scores as a Markdown table.
+
+    `source` is a dataset from `twin_experiment` or the path of one written to netCDF.
+    Returns the paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if isinstance(source, xr.Dataset):
+        ds, name = source, "the dataset"
+    else:
+        ds, name = read_netcdf(source), repr(str(source))
+    _check_dataset(ds, name)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`out` {str(out)!r} exists and is not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        _plot_errors(ds, out / "rmse_spread.png"),
+        _plot_ranks(ds, out / "rank_histograms.png"),
+        _plot_state(ds, out / "state.png"),
+    ]
+    members = int(ds.attrs.get("members", 0))
+    weighted = [
+        n
+        for n in ds["filter"].values.tolist()
+        if not np.allclose(ds["ess_analysis"].sel(filter=n).values, members)
+    ]
+    if weighted:
+        written.append(_plot_ess(ds, out / "ess.png", weighted))
+    settings = ", ".join(
+        f"{k}={ds.attrs[k]}"
+        for k in ("model", "dim", "members", "cycles", "burn_in", "obs_interval", "obs_std", "seed")
+        if k in ds.attrs
+    )
+    text = (
+        f"# {ds.attrs.get('title', 'assimilax twin experiment')}\n\n{settings}\n\n"
+        f"Time averages after {int(ds.attrs['burn_in'])} burn-in cycles.\n\n"
+        f"{summary_table(ds)}\n\n" + "\n".join(f"- `{p.name}`" for p in written) + "\n"
+    )
+    written.append(atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text)))
+    return written

@@ -1,0 +1,152 @@
+"""Verification metrics of an estimate or an ensemble against the truth.
+
+Per-cycle scores take one `Ensemble` (weighted or not) and the true state; the CRPS
+and the energy score come from `scoringrules` (its JAX backend, so they run inside the
+jitted filter loop). Time averages are taken after a burn-in with `time_average`.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scoringrules.core.crps import ensemble_w as _crps_ensemble_w
+from scoringrules.core.energy import es_w as _es_ensemble_w
+
+from ._custom_types import Array, Float
+from ._ensemble import Ensemble, flatten_members
+
+
+COVERAGE_LEVELS = (0.5, 0.9, 0.95)
+# The energy score's estimator holds all member pairs: n^2 d numbers.
+ENERGY_SCORE_MAX_PAIRS = 2**24
+
+
+def rmse(
+    estimate: Float[Array, "..."], truth: Float[Array, "..."], ndim: int
+) -> Float[Array, "..."]:
+    r"""Root-mean-square error over the last `ndim` (state) axes:
+    $\sqrt{\tfrac1d \sum_i (\hat x_i - x_i)^2}$."""
+    axes = tuple(range(-ndim, 0))
+    return jnp.sqrt(jnp.mean((estimate - truth) ** 2, axis=axes))
+
+
+def time_average(series, burn_in: int):
+    """Mean over the leading (time) axis of the cycles after the first `burn_in`."""
+    if not 0 <= burn_in < series.shape[0]:
+        raise ValueError(f"`burn_in` must lie in [0, {series.shape[0]}) cycles; got {burn_in}.")
+    return series[burn_in:].mean(axis=0)
+
+
+def spread_skill_ratio(spread, error, burn_in: int):
+    """Time-averaged spread over time-averaged RMSE (1 for a calibrated ensemble;
+    below 1 is under-dispersion)."""
+    return time_average(spread, burn_in) / time_average(error, burn_in)
+
+
+def _flat(ensemble: Ensemble, truth):
+    """Members as `(d, n)` (components first, as scoringrules wants), weights `(n,)`,
+    truth `(d,)`."""
+    return flatten_members(ensemble.members).T, ensemble.weights(), jnp.ravel(truth)
+
+
+def _sorted(ensemble: Ensemble, truth):
+    x, w, y = _flat(ensemble, truth)
+    order = jnp.argsort(x, axis=-1)
+    return jnp.take_along_axis(x, order, -1), w[order], y
+
+
+def crps(ensemble: Ensemble, truth: Float[Array, " *state"]) -> Float[Array, ""]:
+    r"""The continuous ranked probability score, averaged over state components:
+    $\mathrm{CRPS}(F, y) = E|X - y| - \tfrac12 E|X - X'|$ for the (weighted) empirical
+    distribution `F` of the members (scoringrules' quantile-decomposition estimator).
+    Lower is better; for a point forecast it is the absolute error."""
+    x, w, y = _sorted(ensemble, truth)
+    return jnp.mean(_crps_ensemble_w(y, x, w, estimator="qd", backend="jax"))
+
+
+def energy_score(ensemble: Ensemble, truth: Float[Array, " *state"]) -> Float[Array, ""]:
+    r"""The energy score $E\|X - y\| - \tfrac12 E\|X - X'\|$ of the whole state vector
+    (the multivariate CRPS). Needs `n^2 d` memory; NaN above `ENERGY_SCORE_MAX_PAIRS`."""
+    x, w, y = _flat(ensemble, truth)
+    d, n = x.shape
+    if n * n * d > ENERGY_SCORE_MAX_PAIRS:
+        return jnp.full((), jnp.nan, x.dtype)
+    return _es_ensemble_w(y, x.T, w, backend="jax")
+
+
+def pit(ensemble: Ensemble, truth: Float[Array, " *state"]) -> Float[Array, " d"]:
+    r"""Probability integral transform of each true component: the ensemble weight
+    below it, $\sum_j w_j 1\{x_j < y\}$. For equal weights this is the rank of the
+    truth among the members divided by `n`."""
+    x, w, y = _flat(ensemble, truth)
+    return jnp.sum(jnp.where(x < y[:, None], w[None], 0), axis=-1)
+
+
+def rank_bins(n: int) -> int:
+    """Rank-histogram bins for `n` members: the `n + 1` ranks, up to 21 bins."""
+    return min(n + 1, 21)
+
+
+def rank_counts(
+    ensemble: Ensemble, truth: Float[Array, " *state"], bins: int | None = None
+) -> Float[Array, " bins"]:
+    r"""How many state components fall in each of `bins` equal rank bins; sum over
+    cycles for the rank histogram (flat when calibrated, U-shaped when
+    under-dispersive).
+
+    The truth's rank `r` among `n` members (for weights: `n` times the weight below it)
+    covers the interval $[r, r + 1) / (n + 1)$ of the unit interval; its unit count is
+    shared between the bins that interval overlaps (the expectation of the randomised
+    PIT). With `n + 1 <= 21` members the bins are the ranks themselves; with more,
+    counts are fractional, and a calibrated ensemble still gives a flat histogram.
+    """
+    n = ensemble.size
+    bins = rank_bins(n) if bins is None else bins
+    lower = n * pit(ensemble, truth) / (n + 1)
+    upper = lower + 1 / (n + 1)
+    edges = jnp.linspace(0, 1, bins + 1, dtype=lower.dtype)
+    overlap = jnp.minimum(upper[:, None], edges[None, 1:]) - jnp.maximum(
+        lower[:, None], edges[None, :-1]
+    )
+    return jnp.sum(jnp.clip(overlap, 0), axis=0) * (n + 1)
+
+
+def coverage(
+    ensemble: Ensemble, truth: Float[Array, " *state"], levels: Sequence[float] = COVERAGE_LEVELS
+) -> Float[Array, " L"]:
+    r"""Fraction of state components inside the ensemble's central interval at each
+    level.
+
+    The ensemble's CDF is the piecewise-linear interpolation of $F(x_{(k)}) =
+    \tfrac{n}{n+1} \sum_{j \le k} w_{(j)}$ over the sorted members (Weibull plotting
+    positions, `k / (n + 1)` for equal weights, so a calibrated ensemble's coverage is
+    nominal); the truth is covered at level `a` when $|F(y) - \tfrac12| \le a/2$.
+    An `n`-member ensemble cannot resolve levels above `(n - 1) / (n + 1)`.
+    """
+    x, w, y = _sorted(ensemble, truth)
+    n = x.shape[-1]
+    positions = n / (n + 1) * jnp.cumsum(w, axis=-1)
+    cdf = jax.vmap(lambda yi, xi, pi: jnp.interp(yi, xi, pi, left=0.0, right=1.0))(y, x, positions)
+    half = jnp.asarray(levels, cdf.dtype)[:, None] / 2
+    return jnp.mean(jnp.abs(cdf[None] - 0.5) <= half, axis=-1, dtype=cdf.dtype)
+
+
+def cycle_scores(
+    ensemble: Ensemble, truth: Float[Array, " *state"], levels: Sequence[float] = COVERAGE_LEVELS
+) -> dict[str, Array]:
+    """All per-cycle probabilistic scores of one ensemble: `crps`, `energy_score`,
+    `coverage` (one per level) and `rank_counts`."""
+    return dict(
+        crps=crps(ensemble, truth),
+        energy_score=energy_score(ensemble, truth),
+        coverage=coverage(ensemble, truth, levels),
+        rank_counts=rank_counts(ensemble, truth),
+    )
+
+
+def gaussian_crps(mean, std, truth):
+    """The closed-form CRPS of `N(mean, std^2)` at `truth` (scoringrules), for reference."""
+    from scoringrules import crps_normal
+
+    return crps_normal(np.asarray(truth), np.asarray(mean), np.asarray(std), backend="numpy")
