@@ -1,6 +1,7 @@
 """assimilax: sequential data assimilation in JAX."""
 
 from . import (
+    diffusion as diffusion,
     dynamics as dynamics,
     filters as filters,
     metrics as metrics,

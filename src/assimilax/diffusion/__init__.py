@@ -1,0 +1,38 @@
+"""Score-based diffusion: forward SDEs, score networks, denoising score matching,
+reverse-time samplers and likelihood guidance."""
+
+from ._guidance import (
+    AbstractGuidance as AbstractGuidance,
+    DampedGuidance as DampedGuidance,
+    DPSGuidance as DPSGuidance,
+    GaussianGuidance as GaussianGuidance,
+    posterior_score as posterior_score,
+)
+from ._networks import (
+    FiLM as FiLM,
+    MLPScore as MLPScore,
+    UNetScore as UNetScore,
+    score_function as score_function,
+    time_embedding as time_embedding,
+)
+from ._samplers import (
+    euler_maruyama as euler_maruyama,
+    predictor_corrector as predictor_corrector,
+    probability_flow as probability_flow,
+)
+from ._sde import (
+    VESDE as VESDE,
+    VPSDE as VPSDE,
+    AbstractSDE as AbstractSDE,
+    CosineVPSDE as CosineVPSDE,
+    EnSFSDE as EnSFSDE,
+    SubVPSDE as SubVPSDE,
+    gaussian_score as gaussian_score,
+)
+from ._training import (
+    FitResult as FitResult,
+    dsm_loss as dsm_loss,
+    fit as fit,
+    load_network as load_network,
+    save_network as save_network,
+)

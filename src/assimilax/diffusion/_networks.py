@@ -1,0 +1,221 @@
+r"""Score networks (equinox). Each predicts the noise $\varepsilon_\theta(x_t, t, c)$ of
+$x_t = \alpha x_0 + \sigma \varepsilon$; the score is $-\varepsilon_\theta / \sigma(t)$
+(`score_function`). Time and optional conditioning parameters `c` (operating
+conditions) enter every block through FiLM, so one network learns a family of
+conditional distributions.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from .._custom_types import Array, Float, PRNGKeyArray
+from ._sde import AbstractSDE
+
+
+def time_embedding(t, dim: int) -> Float[Array, " dim"]:
+    """Sinusoidal features of `t` in [0, 1] at log-spaced frequencies 1..1000."""
+    half = dim // 2
+    freqs = jnp.exp(jnp.linspace(0.0, math.log(1000.0), half))
+    angles = 2 * math.pi * jnp.asarray(t, float) * freqs
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
+
+
+class FiLM(eqx.Module):
+    r"""Feature-wise linear modulation (Perez et al. 2018): $h \mapsto h(1 + \gamma(c)) +
+    \beta(c)$, $\gamma, \beta$ linear in the conditioning vector; broadcast over the
+    spatial axes of `h` (channels first)."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, cond_dim: int, features: int, *, key):
+        self.linear = eqx.nn.Linear(cond_dim, 2 * features, key=key)
+        # Start as the identity map.
+        self.linear = eqx.tree_at(lambda m: m.weight, self.linear, self.linear.weight * 0.1)
+
+    def __call__(self, h, c):
+        gamma, beta = jnp.split(self.linear(c), 2)
+        expand = (slice(None),) + (None,) * (h.ndim - 1)
+        return h * (1 + gamma[expand]) + beta[expand]
+
+
+class _Conditioning(eqx.Module):
+    """Time embedding (and optional parameters) to one conditioning vector."""
+
+    time_dim: int = eqx.field(static=True)
+    cond_dim: int = eqx.field(static=True)
+    mlp: eqx.nn.MLP
+
+    def __init__(self, time_dim, cond_dim, *, key):
+        self.time_dim, self.cond_dim = time_dim, cond_dim
+        self.mlp = eqx.nn.MLP(time_dim + cond_dim, time_dim, time_dim, 2, jax.nn.silu, key=key)
+
+    def __call__(self, t, cond):
+        emb = time_embedding(t, self.time_dim)
+        if self.cond_dim:
+            if cond is None:
+                raise ValueError(f"This network needs `cond` of shape ({self.cond_dim},).")
+            emb = jnp.concatenate([emb, jnp.asarray(cond, emb.dtype).reshape(self.cond_dim)])
+        return self.mlp(emb)
+
+
+class MLPScore(eqx.Module):
+    """A residual MLP for vector states of size `dim`, FiLM-conditioned on time (and
+    `cond_dim` parameters) in every hidden layer."""
+
+    dim: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    conditioning: _Conditioning
+    inp: eqx.nn.Linear
+    hidden: tuple[eqx.nn.Linear, ...]
+    films: tuple[FiLM, ...]
+    out: eqx.nn.Linear
+
+    def __init__(self, dim, width=128, depth=3, time_dim=32, cond_dim=0, *, key: PRNGKeyArray):
+        keys = jr.split(key, 2 * depth + 3)
+        self.dim, self.width, self.depth = int(dim), int(width), int(depth)
+        self.conditioning = _Conditioning(time_dim, cond_dim, key=keys[0])
+        self.inp = eqx.nn.Linear(dim, width, key=keys[1])
+        self.hidden = tuple(eqx.nn.Linear(width, width, key=k) for k in keys[2 : 2 + depth])
+        self.films = tuple(FiLM(time_dim, width, key=k) for k in keys[2 + depth : 2 + 2 * depth])
+        self.out = eqx.nn.Linear(width, dim, key=keys[-1])
+
+    def hyperparameters(self) -> dict:
+        c = self.conditioning
+        return dict(
+            dim=self.dim,
+            width=self.width,
+            depth=self.depth,
+            time_dim=c.time_dim,
+            cond_dim=c.cond_dim,
+        )
+
+    def __call__(self, x, t, cond=None):
+        c = self.conditioning(t, cond).astype(x.dtype)
+        h = self.inp(x)
+        for layer, film in zip(self.hidden, self.films, strict=True):
+            h = h + layer(jax.nn.silu(film(h, c)))
+        return self.out(jax.nn.silu(h))
+
+
+def _conv(nd, cin, cout, padding_mode, *, key, stride=1):
+    return eqx.nn.Conv(
+        nd, cin, cout, 3, stride=stride, padding=1, padding_mode=padding_mode, key=key
+    )
+
+
+class _ResBlock(eqx.Module):
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv
+    film: FiLM
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv
+    skip: eqx.nn.Conv | None
+
+    def __init__(self, nd, cin, cout, cond, padding_mode, *, key):
+        k1, k2, k3, k4 = jr.split(key, 4)
+        self.norm1 = eqx.nn.GroupNorm(min(8, cin), cin)
+        self.conv1 = _conv(nd, cin, cout, padding_mode, key=k1)
+        self.film = FiLM(cond, cout, key=k2)
+        self.norm2 = eqx.nn.GroupNorm(min(8, cout), cout)
+        self.conv2 = _conv(nd, cout, cout, padding_mode, key=k3)
+        self.skip = None if cin == cout else eqx.nn.Conv(nd, cin, cout, 1, key=k4)
+
+    def __call__(self, x, c):
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = self.conv2(jax.nn.silu(self.norm2(self.film(h, c))))
+        return h + (x if self.skip is None else self.skip(x))
+
+
+class UNetScore(eqx.Module):
+    """A convolutional U-Net for fields of shape `(n,)` (1-D) or `(n1, n2)` (2-D), with
+    periodic (circular) padding by default, FiLM time/parameter conditioning in every
+    residual block, stride-2 downsampling and nearest-neighbour upsampling. Each
+    spatial size must be divisible by `2 ** (len(channels) - 1)`."""
+
+    spatial_dims: int = eqx.field(static=True)
+    channels: tuple[int, ...] = eqx.field(static=True)
+    periodic: bool = eqx.field(static=True)
+    conditioning: _Conditioning
+    conv_in: eqx.nn.Conv
+    down: tuple[_ResBlock, ...]
+    downsample: tuple[eqx.nn.Conv, ...]
+    mid: _ResBlock
+    up: tuple[_ResBlock, ...]
+    upconv: tuple[eqx.nn.Conv, ...]
+    conv_out: eqx.nn.Conv
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels=(32, 64),
+        periodic=True,
+        time_dim=32,
+        cond_dim=0,
+        *,
+        key: PRNGKeyArray,
+    ):
+        if spatial_dims not in (1, 2):
+            raise ValueError(f"`spatial_dims` must be 1 or 2; got {spatial_dims}.")
+        channels = tuple(int(c) for c in channels)
+        nd, mode = spatial_dims, ("CIRCULAR" if periodic else "ZEROS")
+        self.spatial_dims, self.channels, self.periodic = nd, channels, bool(periodic)
+        keys = iter(jr.split(key, 4 * len(channels) + 4))
+        self.conditioning = _Conditioning(time_dim, cond_dim, key=next(keys))
+        self.conv_in = _conv(nd, 1, channels[0], mode, key=next(keys))
+        self.down = tuple(_ResBlock(nd, c, c, time_dim, mode, key=next(keys)) for c in channels)
+        self.downsample = tuple(
+            _conv(nd, a, b, mode, key=next(keys), stride=2)
+            for a, b in zip(channels[:-1], channels[1:], strict=True)
+        )
+        self.mid = _ResBlock(nd, channels[-1], channels[-1], time_dim, mode, key=next(keys))
+        self.upconv = tuple(
+            _conv(nd, b, a, mode, key=next(keys))
+            for a, b in zip(channels[:-1], channels[1:], strict=True)
+        )
+        self.up = tuple(_ResBlock(nd, 2 * c, c, time_dim, mode, key=next(keys)) for c in channels)
+        self.conv_out = eqx.nn.Conv(nd, channels[0], 1, 1, key=next(keys))
+
+    def hyperparameters(self) -> dict:
+        c = self.conditioning
+        return dict(
+            spatial_dims=self.spatial_dims,
+            channels=list(self.channels),
+            periodic=self.periodic,
+            time_dim=c.time_dim,
+            cond_dim=c.cond_dim,
+        )
+
+    def __call__(self, x, t, cond=None):
+        factor = 2 ** (len(self.channels) - 1)
+        if x.ndim != self.spatial_dims or any(n % factor for n in x.shape):
+            raise ValueError(
+                f"UNetScore expects a {self.spatial_dims}-D field with sizes divisible by "
+                f"{factor}; got shape {x.shape}."
+            )
+        c = self.conditioning(t, cond).astype(x.dtype)
+        h = self.conv_in(x[None])
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, c)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid(h, c)
+        for i in reversed(range(len(self.channels))):
+            if i < len(self.upconv):
+                for axis in range(1, h.ndim):
+                    h = jnp.repeat(h, 2, axis=axis)
+                h = self.upconv[i](h)
+            h = self.up[i](jnp.concatenate([h, skips[i]]), c)
+        return self.conv_out(h)[0]
+
+
+def score_function(network, sde: AbstractSDE, cond=None):
+    r"""The score `s(x, t) = -eps_theta(x, t, cond) / sigma(t)` of a noise-predicting
+    network, in the `(x, t)` form the samplers and guidance take."""
+    return lambda x, t: -network(x, t, cond) / sde.sigma(t).astype(x.dtype)
