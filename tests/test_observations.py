@@ -98,10 +98,11 @@ def test_arctan_wraps():
 
 
 def test_subsample_every_and_locations():
-    obs = Subsample.every((4, 6), 5, noise_std=1.0)
-    assert np.array_equal(obs.indices, np.arange(0, 24, 5))
-    # flat index 5 is grid point (0, 5); 10 is (1, 4)
-    assert np.array_equal(obs.locations()[1:3], [[0, 5], [1, 4]])
+    obs = Subsample.every((4, 6), 2, 1, noise_std=1.0)
+    # rows 1, 3 and columns 1, 3, 5 of a 4 x 6 grid: a sensor lattice
+    assert np.array_equal(obs.indices, [7, 9, 11, 19, 21, 23])
+    assert np.array_equal(obs.locations()[:2], [[1, 1], [1, 3]])
+    assert np.array_equal(Subsample.every(10, 3, noise_std=1.0).indices, [0, 3, 6, 9])
 
 
 @pytest.mark.parametrize(

@@ -54,8 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
             "all observed every 0.25, noise variance 2) and filter settings tuned for it."
         ),
     )
-    twin.add_argument("--model", default="lorenz96", help="lorenz96 (default) or lorenz63")
-    twin.add_argument("--dim", type=_positive_int, default=None, help="state dimension")
+    twin.add_argument(
+        "--model",
+        default="lorenz96",
+        help="lorenz96 (default), lorenz63, ks, burgers, heat2d or ns2d",
+    )
+    twin.add_argument(
+        "--dim",
+        type=_positive_int,
+        default=None,
+        help="state dimension (SPDEs: grid points per axis)",
+    )
     twin.add_argument(
         "--filters", default="etkf,letkf,enkf", help="comma-separated: etkf,letkf,enkf,pf"
     )
@@ -69,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     twin.add_argument("--obs-interval", type=_positive_float, default=None)
     twin.add_argument("--obs-std", type=_positive_float, default=None)
-    twin.add_argument("--observe", default="all", help="all | every:K | random:M")
+    twin.add_argument(
+        "--observe",
+        default=None,
+        help="all | every:K | random:M (default: the model's; every:4 for heat2d, burgers, ns2d)",
+    )
     twin.add_argument("--observation", default="linear", help="linear | arctan")
     twin.add_argument(
         "--inflation",
@@ -170,24 +183,28 @@ def _run_twin(args) -> int:
     burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
     if burn_in >= args.cycles:
         raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")
-    observation = make_observation(dim, obs_std, args.observe, args.observation, seed=args.seed)
+    dynamics = setup.make_dynamics(dim)
+    observe = setup.observe if args.observe is None else args.observe
+    observation = make_observation(
+        dynamics.state_shape, obs_std, observe, args.observation, seed=args.seed
+    )
     settings = {
         "model": setup.name,
         "dim": dim,
         "obs_std": obs_std,
-        "observe": args.observe,
+        "observe": observe,
         "observation": args.observation,
         "seed": args.seed,
         "expected_rmse": setup.expected,
     }
     print(
         f"Twin experiment: {setup.name} d={dim}, {members} members, {args.cycles} cycles "
-        f"(burn-in {burn_in}), obs every {obs_interval} ({args.observe}, "
+        f"(burn-in {burn_in}), obs every {obs_interval} ({observe}, "
         f"{args.observation}, noise std {obs_std:.3g}), {args.precision}, seed {args.seed}",
         file=sys.stderr,
     )
     ds = twin_experiment(
-        setup.make_dynamics(dim),
+        dynamics,
         observation,
         filters,
         key=jr.key(args.seed),
@@ -198,6 +215,7 @@ def _run_twin(args) -> int:
         x0=setup.initial_state(dim),
         spinup_time=setup.spinup_time,
         init_std=setup.init_std,
+        init_length_scale=setup.init_length_scale,
         progress=not args.no_progress,
         attrs=settings,
     )

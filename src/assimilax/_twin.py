@@ -5,6 +5,7 @@ tuned for them (`make_filter`), shared by the Python API, the CLI and the benchm
 """
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,18 @@ from ._custom_types import PRNGKeyArray
 from ._ensemble import Ensemble
 from ._results import RESULTS
 from ._streams import ObservationSeries
-from .dynamics import AbstractDynamics, Lorenz63, Lorenz96
+from .dynamics import (
+    AbstractDynamics,
+    AbstractSpectralSPDE,
+    Burgers,
+    KuramotoSivashinsky,
+    Lorenz63,
+    Lorenz96,
+    NavierStokes2D,
+    SpatialSpectrum,
+    StochasticHeat,
+    gaussian_random_field,
+)
 from .filters import ETKF, LETKF, AbstractFilter, BootstrapFilter, StochasticEnKF
 from .metrics import COVERAGE_LEVELS, rank_bins, spread_skill_ratio, time_average
 from .observations import AbstractObservation, Arctan, Identity, Subsample
@@ -37,6 +49,8 @@ class ModelSetup:
 
     `filter_defaults` maps a filter name to the keyword arguments that tune it for this
     setting (ensemble size `members`); `expected` records reference RMSEs with sources.
+    `observe` is the default sensor layout (see `make_observation`). For the SPDEs
+    `dim` is the number of grid points per axis on a fixed domain.
     """
 
     name: str
@@ -51,6 +65,8 @@ class ModelSetup:
     initial_state: Callable[[int], np.ndarray]
     filter_defaults: Mapping[str, Mapping[str, float]]
     expected: str
+    observe: str = "all"
+    init_length_scale: float | None = None
 
 
 def _lorenz96_x0(dim: int) -> np.ndarray:
@@ -118,6 +134,122 @@ MODELS: dict[str, ModelSetup] = {
     ),
 }
 
+
+def _ks_x0(dim: int) -> np.ndarray:
+    # Kassam & Trefethen (2005): cos(x/16)(1 + sin(x/16)) on [0, 32π).
+    x = 32 * np.pi * np.arange(dim) / dim
+    return np.cos(x / 16) * (1 + np.sin(x / 16))
+
+
+def _heat2d(dim: int) -> StochasticHeat:
+    return StochasticHeat(dim, 2, diffusivity=0.05, noise=SpatialSpectrum(1.0, 1.0))
+
+
+def _burgers(dim: int) -> Burgers:
+    return Burgers(dim, viscosity=0.05, noise=SpatialSpectrum(0.5, 1.0))
+
+
+def _ns2d(dim: int) -> NavierStokes2D:
+    return NavierStokes2D(dim, noise=SpatialSpectrum(0.2, 0.5))
+
+
+# The SPDE settings: the field's climatological std is measured after spin-up; the
+# observation noise is about 0.2 of it, on a sensor lattice (every 4th grid point).
+MODELS.update(
+    {
+        # Bocquet, Farchi & Malartic (2019) / DAPPER `mods.KS.bocquet2019`: L = 32π,
+        # 128 points, all observed every 1.0 with unit noise variance (climatology 1.3).
+        "ks": ModelSetup(
+            name="ks",
+            make_dynamics=lambda dim: KuramotoSivashinsky(dim, 32 * math.pi),
+            default_dim=128,
+            fixed_dim=False,
+            obs_interval=1.0,
+            obs_std=1.0,
+            members=20,
+            spinup_time=150.0,
+            init_std=1.0,
+            init_length_scale=2.0,
+            initial_state=_ks_x0,
+            filter_defaults={
+                "etkf": {"inflation": 1.03, "rotate": True},
+                "letkf": {"inflation": 1.02, "radius": 28.0},
+                "enkf": {"inflation": 1.1},
+            },
+            expected=(
+                "DAPPER `mods.KS.bocquet2019` tuning notes: ETKF N=20 infl 1.03: 0.115; "
+                "LETKF N=16 radius 28 infl 1.02: 0.11; climatology 1.3."
+            ),
+        ),
+        # Stochastic heat, 32 x 32 on [0, 2π)^2, alpha = 0.05, noise std 1 with
+        # correlation length 1: field std 1.9, lag-0.5 correlation 0.83.
+        "heat2d": ModelSetup(
+            name="heat2d",
+            make_dynamics=_heat2d,
+            default_dim=32,
+            fixed_dim=False,
+            obs_interval=0.5,
+            obs_std=0.4,
+            members=20,
+            spinup_time=50.0,
+            init_std=1.9,
+            init_length_scale=1.0,
+            initial_state=lambda dim: np.zeros((dim, dim)),
+            filter_defaults={
+                "etkf": {"inflation": 1.02},
+                "letkf": {"inflation": 1.02, "radius": 4.0},
+                "enkf": {"inflation": 1.05},
+            },
+            expected="no published reference; see the issue-5 closing note for measured RMSEs",
+            observe="every:4",
+        ),
+        # Stochastically forced viscous Burgers, 128 points on [0, 2π), nu = 0.05:
+        # travelling shocks, field std 0.75, lag-0.5 correlation 0.8.
+        "burgers": ModelSetup(
+            name="burgers",
+            make_dynamics=_burgers,
+            default_dim=128,
+            fixed_dim=False,
+            obs_interval=0.5,
+            obs_std=0.15,
+            members=20,
+            spinup_time=50.0,
+            init_std=0.75,
+            init_length_scale=1.0,
+            initial_state=lambda dim: np.zeros(dim),
+            filter_defaults={
+                "etkf": {"inflation": 1.05},
+                "letkf": {"inflation": 1.05, "radius": 8.0},
+                "enkf": {"inflation": 1.1},
+            },
+            expected="no published reference; see the issue-5 closing note for measured RMSEs",
+            observe="every:4",
+        ),
+        # Kolmogorov flow (forcing sin(4y), drag 0.1, nu = 0.01) with weak stochastic
+        # forcing, 64 x 64: vorticity std 3.9, lag-0.5 correlation ~0.7.
+        "ns2d": ModelSetup(
+            name="ns2d",
+            make_dynamics=_ns2d,
+            default_dim=64,
+            fixed_dim=False,
+            obs_interval=0.5,
+            obs_std=0.8,
+            members=20,
+            spinup_time=60.0,
+            init_std=1.0,
+            init_length_scale=0.5,
+            initial_state=lambda dim: np.zeros((dim, dim)),
+            filter_defaults={
+                "etkf": {"inflation": 1.05},
+                "letkf": {"inflation": 1.05, "radius": 6.0},
+                "enkf": {"inflation": 1.1},
+            },
+            expected="no published reference; see the issue-5 closing note for measured RMSEs",
+            observe="every:4",
+        ),
+    }
+)
+
 FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "etkf": ETKF,
     "letkf": LETKF,
@@ -157,29 +289,32 @@ def make_filter(name: str, model: str | ModelSetup, **overrides) -> AbstractFilt
 
 
 def make_observation(
-    dim: int, obs_std: float, observe: str = "all", operator: str = "linear", *, seed=0
+    state_shape, obs_std: float, observe: str = "all", operator: str = "linear", *, seed=0
 ) -> AbstractObservation:
-    """Build an observation from the CLI-style strings.
+    """Build an observation of a state of shape `state_shape` (an int for flat states)
+    from the CLI-style strings.
 
-    - `observe`: 'all', 'every:K' (every K-th component) or 'random:M' (M distinct
-      components drawn once from `seed`, sorted).
+    - `observe`: 'all', 'every:K' (every K-th grid point along each axis: a sensor
+      lattice) or 'random:M' (M distinct grid points drawn once from `seed`, sorted).
     - `operator`: 'linear' or 'arctan' (arctan applied to the observed components).
     """
+    shape = (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)
+    size = math.prod(shape)
     kind, _, arg = observe.partition(":")
     if not ((kind == "all" and not arg) or (kind in ("every", "random") and arg.isdigit())):
         raise ValueError(
             f"`observe` must be 'all', 'every:K' or 'random:M' with integers K, M; got {observe!r}."
         )
     if kind == "all":
-        obs = Identity(dim, noise_std=obs_std)
+        obs = Identity(shape, noise_std=obs_std)
     elif kind == "every":
-        obs = Subsample.every(dim, int(arg), noise_std=obs_std)
+        obs = Subsample.every(shape, int(arg), noise_std=obs_std)
     else:
         m = int(arg)
-        if not 1 <= m <= dim:
-            raise ValueError(f"random:M needs 1 <= M <= {dim}; got M={m}.")
+        if not 1 <= m <= size:
+            raise ValueError(f"random:M needs 1 <= M <= {size}; got M={m}.")
         rng = np.random.default_rng(seed)
-        obs = Subsample(dim, np.sort(rng.choice(dim, size=m, replace=False)), noise_std=obs_std)
+        obs = Subsample(shape, np.sort(rng.choice(size, size=m, replace=False)), noise_std=obs_std)
     if operator == "linear":
         return obs
     if operator == "arctan":
@@ -237,6 +372,7 @@ def twin_experiment(
     x0,
     spinup_time: float = 0.0,
     init_std: float = 1.0,
+    init_length_scale: float | None = None,
     progress: bool = False,
     attrs: Mapping[str, object] | None = None,
 ) -> xr.Dataset:
@@ -249,6 +385,11 @@ def twin_experiment(
     4. One initial ensemble of `members` states, truth plus `N(0, init_std^2)`, and
        one key, shared by every filter, so the comparison is like for like.
     5. Each filter assimilates the same observations.
+
+    With `init_length_scale` (spectral SPDE models only) the perturbations of steps 1
+    and 4 are smooth zero-mean random fields (`SpatialSpectrum(init_std,
+    init_length_scale)`) instead of white noise, so they keep the conserved spatial
+    mean of Burgers, KS and Navier–Stokes.
 
     The dataset has a `filter` coordinate and `truth(time, x)`,
     `observations(time, obs)`, `analysis_mean`/`analysis_std(filter, time, x)`,
@@ -276,8 +417,18 @@ def twin_experiment(
         raise ValueError(f"`obs_interval` must be positive; got {obs_interval}.")
     if not init_std > 0:
         raise ValueError(f"`init_std` must be positive; got {init_std}.")
+    if init_length_scale is not None and not isinstance(dynamics, AbstractSpectralSPDE):
+        raise ValueError("`init_length_scale` needs a spectral SPDE model (it has a grid).")
     state_shape = tuple(dynamics.state_shape)
     dtype = jnp.result_type(float)
+
+    def perturbations(key, n):
+        if init_length_scale is None:
+            return init_std * jr.normal(key, (n, *state_shape), dtype)
+        spectrum = SpatialSpectrum(init_std, init_length_scale)
+        draw = lambda k: gaussian_random_field(spectrum, dynamics.grid, key=k, dtype=dtype)
+        return jax.vmap(draw)(jr.split(key, n))
+
     x0 = jnp.asarray(x0, dtype)
     if x0.shape != state_shape:
         raise ValueError(f"`x0` must have shape {state_shape}; got {x0.shape}.")
@@ -286,15 +437,14 @@ def twin_experiment(
     start_key, spin_key, truth_key, obs_key, ens_key, run_key = jr.split(key, 6)
     # The truth starts from a random draw around `x0` (DAPPER's X0), so seeds differ
     # even for deterministic dynamics.
-    x0 = x0 + init_std * jr.normal(start_key, x0.shape, dtype)
+    x0 = x0 + perturbations(start_key, 1)[0]
     if spinup_time > 0:
         x0 = dynamics.step(x0, 0.0, spinup_time, key=spin_key)
     times = obs_interval * jnp.arange(1, cycles + 1, dtype=dtype)
     truth = _truth_run(dynamics, x0, times, truth_key)
     y = _synthetic_observations(observation, truth, obs_key)
     series = ObservationSeries(observation, times, y)
-    noise = init_std * jr.normal(ens_key, (members, *state_shape), dtype)
-    ensemble = Ensemble(x0[None] + noise)
+    ensemble = Ensemble(x0[None] + perturbations(ens_key, members))
 
     # Filters ------------------------------------------------------------------------
     names = list(filters)
@@ -403,6 +553,7 @@ def twin_experiment(
             "obs_interval": obs_interval,
             "spinup_time": spinup_time,
             "init_std": init_std,
+            "init_length_scale": "white" if init_length_scale is None else init_length_scale,
             "precision": str(np.dtype(dtype)),
             "dynamics": describe(dynamics),
             "observation_operator": describe(observation),

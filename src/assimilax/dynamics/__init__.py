@@ -2,6 +2,18 @@
 
 from ._linear import LinearDynamics as LinearDynamics
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96
+from ._spectral import (
+    AbstractSemilinearSPDE as AbstractSemilinearSPDE,
+    AbstractSpectralSPDE as AbstractSpectralSPDE,
+    Burgers as Burgers,
+    KuramotoSivashinsky as KuramotoSivashinsky,
+    NavierStokes2D as NavierStokes2D,
+    PeriodicGrid as PeriodicGrid,
+    SpatialSpectrum as SpatialSpectrum,
+    StochasticHeat as StochasticHeat,
+    etdrk4_coefficients as etdrk4_coefficients,
+    gaussian_random_field as gaussian_random_field,
+)
 from .base import (
     AbstractAdditiveNoiseDynamics as AbstractAdditiveNoiseDynamics,
     AbstractDynamics as AbstractDynamics,

@@ -56,7 +56,7 @@ class Subsample(AbstractLinearObservation):
     - `indices`: integer array `(m,)` of distinct flat indices into the state.
     - `noise_std` or `noise_covariance`: the observation noise.
 
-    Use `Subsample.every(state_shape, k)` for every `k`-th component.
+    Use `Subsample.every(state_shape, k)` for every `k`-th point along each axis.
     """
 
     state_shape: tuple[int, ...] = eqx.field(static=True)
@@ -94,11 +94,13 @@ class Subsample(AbstractLinearObservation):
         noise_std=None,
         noise_covariance=None,
     ) -> "Subsample":
-        """Observe every `k`-th flat component, starting at `offset`."""
+        """Observe every `k`-th grid point along each axis, starting at `offset`: a
+        regular sensor lattice (for a 1-D state, every `k`-th component)."""
         shape = _state_shape(state_shape)
         if k < 1 or not 0 <= offset < k:
             raise ValueError(f"Need k >= 1 and 0 <= offset < k; got k={k}, offset={offset}.")
-        indices = np.arange(offset, int(np.prod(shape)), k)
+        axes = [np.arange(offset, n, k) for n in shape]
+        indices = np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), shape).ravel()
         return cls(shape, indices, noise_std=noise_std, noise_covariance=noise_covariance)
 
     def apply(self, x):
