@@ -177,6 +177,51 @@ def test_noise_increments_covariance_and_sqrt_dt_scaling(getkey):
     assert abs(slope - 1) < 0.05, slope
 
 
+def test_heat_agrees_with_the_matrix_exponential_and_kalman_filter():
+    """1-D stochastic heat solved in Fourier space equals `LinearDynamics` with the
+    spectral Laplacian as a dense matrix and the noise covariance Q (Van Loan's matrix
+    exponential): the same transition, the same step covariance, and the same Kalman
+    filter analyses."""
+    import assimilax as ax
+    from assimilax.dynamics import LinearDynamics
+    from assimilax.filters import KalmanFilter
+    from assimilax.observations import Subsample
+
+    n, alpha = 12, 0.4
+    noise = SpatialSpectrum(0.7, length_scale=0.8)
+    heat = StochasticHeat(n, 1, diffusivity=alpha, noise=noise)
+    # Dense operators, from their Fourier definitions with numpy.
+    k = np.fft.fftfreq(n, 1 / n)
+    f = np.fft.fft(np.eye(n), axis=0)
+    laplacian = np.real(np.fft.ifft(-(k**2)[:, None] * f, axis=0))
+    shape = np.where(k == 0, 0.0, (1 + 0.64 * k**2) ** -2.0)
+    q = np.real(np.fft.ifft((0.49 * n * shape / shape.sum())[:, None] * f, axis=0))
+    linear = LinearDynamics(alpha * laplacian, q)
+    m, q_delta = linear.transition(0.0, 0.3)
+    jac = jax.jacfwd(lambda x: heat.step_mean(x, 0.0, 0.3))(jnp.zeros(n))
+    assert np.allclose(jac, m, atol=1e-12)
+    assert np.allclose(heat.step_covariance(0.0, 0.3), q_delta, atol=1e-12)
+    # The Kalman filter on both models: identical analyses.
+    obs = Subsample.every(n, 3, noise_std=0.2)
+    times = 0.3 * jnp.arange(1.0, 11.0)
+    y = jr.normal(jr.key(0), (10, obs.obs_dim))
+    belief = ax.GaussianBelief(jnp.zeros(n), jnp.eye(n))
+    series = ax.ObservationSeries(obs, times, y)
+    sols = [
+        ax.assimilate(KalmanFilter(), dyn, series, belief, key=jr.key(1)) for dyn in (heat, linear)
+    ]
+    assert np.allclose(sols[0].analysis_mean, sols[1].analysis_mean, atol=1e-10)
+    assert np.allclose(sols[0].analysis_spread, sols[1].analysis_spread, atol=1e-10)
+    with pytest.raises(TypeError, match="KalmanFilter"):
+        KalmanFilter().forecast(
+            ax.GaussianBelief(jnp.zeros(64), jnp.eye(64)),
+            StochasticHeat(8, 2, noise=noise),
+            0.0,
+            0.1,
+            key=jr.key(0),
+        )
+
+
 def test_burgers_energy_decays_monotonically():
     m = Burgers(64, viscosity=0.05, dt=0.01)
     (x,) = m.grid.coordinates(jnp.float64)

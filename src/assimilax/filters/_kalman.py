@@ -1,11 +1,12 @@
 """The exact Kalman filter for linear-Gaussian models: the reference in tests."""
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from .._belief import GaussianBelief
 from .._ensemble import Ensemble
-from ..dynamics import LinearDynamics
+from ..dynamics import AbstractAdditiveNoiseDynamics, LinearDynamics
 from ..observations import AbstractLinearObservation
 from .base import AbstractFilter
 
@@ -15,9 +16,13 @@ def _symmetrise(p):
 
 
 class KalmanFilter(AbstractFilter[GaussianBelief]):
-    r"""The Kalman filter (Kalman 1960): exact for `LinearDynamics` with linear observations.
+    r"""The Kalman filter (Kalman 1960): exact for linear models (`LinearDynamics`, the
+    1-D `StochasticHeat`) with linear observations.
 
-    Forecast: $m \leftarrow M m$, $P \leftarrow M P M^T + Q_\Delta$. Update with
+    Forecast: $m \leftarrow M m$, $P \leftarrow M P M^T + Q_\Delta$. For other
+    additive-noise models (`AbstractAdditiveNoiseDynamics` with a flat state) $M$ is the
+    Jacobian of `step_mean` at the mean (forward-mode autodiff) and $m$ moves with
+    `step_mean`: exact when `step_mean` is linear, the extended Kalman filter otherwise. Update with
     $S = H P H^T + R$, $K = P H^T S^{-1}$ (Cholesky solve, no inverse):
     $m \leftarrow m + K(y - Hm)$ and the Joseph form
     $P \leftarrow (I - KH) P (I - KH)^T + K R K^T$, symmetrised. Masked observations are
@@ -33,14 +38,23 @@ class KalmanFilter(AbstractFilter[GaussianBelief]):
 
     def forecast(self, belief, dynamics, t0, t1, *, key):
         del key
-        if not isinstance(dynamics, LinearDynamics):
+        if isinstance(dynamics, LinearDynamics):
+            m, q = dynamics.transition(t0, t1)
+            loc = m @ belief.loc
+        elif isinstance(dynamics, AbstractAdditiveNoiseDynamics) and len(
+            dynamics.state_shape
+        ) == len(belief.loc.shape):
+            mean_step = lambda x: dynamics.step_mean(x, t0, t1)
+            loc, m = mean_step(belief.loc), jax.jacfwd(mean_step)(belief.loc)
+            q = dynamics.step_covariance(t0, t1).astype(loc.dtype)
+        else:
             raise TypeError(
-                "KalmanFilter needs `LinearDynamics`; got "
-                f"{type(dynamics).__name__}. Use an ensemble filter for nonlinear models."
+                "KalmanFilter needs `LinearDynamics` or an additive-noise model with a flat "
+                f"state; got {type(dynamics).__name__} with state shape "
+                f"{tuple(dynamics.state_shape)}. Use an ensemble filter."
             )
-        m, q = dynamics.transition(t0, t1)
         p = m @ belief.covariance_matrix @ m.T + q
-        return GaussianBelief(m @ belief.loc, _symmetrise(p))
+        return GaussianBelief(loc, _symmetrise(p))
 
     def update(self, belief, observation, y, mask=None, *, key):
         del key

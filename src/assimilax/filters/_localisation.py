@@ -34,7 +34,10 @@ def gaspari_cohn(z: Array) -> Array:
         + 4.0
         - 2.0 / (3.0 * jnp.where(z > 0, z, 1.0))
     )
-    return jnp.where(z <= 1, inner, jnp.where(z < 2, outer, 0.0))
+    taper = jnp.where(z <= 1, inner, jnp.where(z < 2, outer, 0.0))
+    # Near z = 2 the outer polynomial cancels to ~1e-7 below zero in float32; the LETKF
+    # takes square roots of the taper, so clip.
+    return jnp.clip(taper, 0.0, 1.0)
 
 
 class GaspariCohn(eqx.Module):
