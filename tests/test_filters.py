@@ -232,7 +232,7 @@ def test_kalman_masked_equals_removed(getkey):
 def test_kalman_rejects_nonlinear_parts():
     kf = KalmanFilter()
     b = GaussianBelief(jnp.zeros(4), jnp.eye(4))
-    with pytest.raises(TypeError, match="LinearDynamics"):
+    with pytest.raises(TypeError, match="linear model"):
         kf.forecast(b, Lorenz96(4), 0.0, 0.1, key=jr.key(0))
     from assimilax.observations import Arctan
 

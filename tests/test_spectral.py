@@ -378,16 +378,16 @@ def test_letkf_tracks_kuramoto_sivashinsky_with_sparse_sensors():
         {"letkf": ax.make_filter("letkf", "ks", radius=16.0)},
         key=jr.key(0),
         members=20,
-        cycles=150,
+        cycles=100,
         obs_interval=setup.obs_interval,
-        burn_in=50,
+        burn_in=30,
         x0=setup.initial_state(128),
         spinup_time=setup.spinup_time,
         init_std=setup.init_std,
         init_length_scale=setup.init_length_scale,
     )
     s = ax.summarise(ds)["letkf"]
-    assert ds["observations"].shape == (150, 32) and not s["failed"]
+    assert ds["observations"].shape == (100, 32) and not s["failed"]
     # free run: the truth's first state, smoothly perturbed, run without data
     truth = jnp.asarray(ds["truth"].values)
     spectrum = SpatialSpectrum(0.3, 2.0)
@@ -403,7 +403,7 @@ def test_letkf_tracks_kuramoto_sivashinsky_with_sparse_sensors():
         return lax.scan(body, x, jnp.stack([times[:-1], times[1:]], axis=1))[1]
 
     free = free_run(dynamics, start)
-    free_rmse = float(jnp.sqrt(jnp.mean((free[49:] - truth[50:]) ** 2)))
+    free_rmse = float(jnp.sqrt(jnp.mean((free[29:] - truth[30:]) ** 2)))
     assert s["rmse_analysis"] < 0.15 < 0.3, s
     assert s["rmse_analysis"] < 0.1 * free_rmse, (s, free_rmse)
     assert 0.7 < s["spread_skill"] < 1.4, s
@@ -422,6 +422,8 @@ def test_twin_on_a_2d_field_with_a_sensor_lattice(tmp_path):
     assert ds["truth"].dims == ("time", "x0", "x1") and ds["truth"].shape == (30, 16, 16)
     assert ds["observations"].shape == (30, 16)  # a 4 x 4 lattice
     assert ds.attrs["observe"] == "every:4" and ds.attrs["init_length_scale"] == 1.0
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "state.png").stat().st_size > 1000
     s = ax.summarise(ds)["letkf"]
     # 16 sensors for 256 unknowns: the analysis beats the forecast and the climatology
     # (measured 0.81 against a field std of ~1.9)

@@ -92,11 +92,39 @@ def _plot_ranks(ds, path):
     return _save(fig, path)
 
 
-def _plot_state(ds, path):
-    """Truth against the analysis: a time series with the ensemble band (+-1.96 std)
-    for up to 3 components, a Hovmöller diagram for longer states."""
+def _plot_field(ds, path):
+    """2-D fields: truth, each filter's analysis mean and its error at the last time."""
     import matplotlib.pyplot as plt
 
+    names = ds["filter"].values.tolist()
+    last = ds.isel(time=-1)
+    truth = last["truth"].values
+    panels = [("truth", truth, None)]
+    for name in names:
+        mean = last["analysis_mean"].sel(filter=name).values
+        panels += [(f"{name}: analysis mean", mean, None), (f"{name}: error", mean - truth, 0)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    scale = max(float(np.nanmax(np.abs(truth))), 1e-12)
+    for ax, (title, field, centre) in zip(axes[0], panels, strict=True):
+        limit = scale if centre is None else max(float(np.nanmax(np.abs(field))), 1e-12)
+        image = ax.imshow(field.T, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"Fields at t = {float(last['time']):g}")
+    fig.set_layout_engine("constrained")
+    return _save(fig, path)
+
+
+def _plot_state(ds, path):
+    """Truth against the analysis: a time series with the ensemble band (+-1.96 std)
+    for up to 3 components, a Hovmöller diagram for longer 1-D states, snapshots for 2-D
+    fields."""
+    import matplotlib.pyplot as plt
+
+    if ds["truth"].ndim == 3:
+        return _plot_field(ds, path)
     names = ds["filter"].values.tolist()
     window = slice(max(ds.sizes["time"] - _WINDOW, 0), None)
     sub = ds.isel(time=window)

@@ -1,5 +1,7 @@
 """Linear stochastic dynamics with an exact transition: the Kalman filter's model."""
 
+from typing import ClassVar
+
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
@@ -26,6 +28,7 @@ class LinearDynamics(AbstractAdditiveNoiseDynamics):
 
     drift: Float[Array, "d d"]
     noise_covariance: Float[Array, "d d"] | None
+    is_linear: ClassVar[bool] = True
 
     def __init__(self, drift, noise_covariance=None):
         drift = jnp.asarray(drift)

@@ -26,6 +26,7 @@ under `vmap` they are computed once per step.
 
 import abc
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -323,6 +324,7 @@ class StochasticHeat(AbstractSpectralSPDE, AbstractAdditiveNoiseDynamics):
     grid: PeriodicGrid
     noise: SpatialSpectrum | None
     diffusivity: Float[Array, ""]
+    is_linear: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 import abc
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -40,7 +41,11 @@ class AbstractAdditiveNoiseDynamics(AbstractDynamics):
 
     Filters that use the split explicitly (the optimal-proposal particle filter)
     need `step_mean` and `step_covariance`; `step` must draw from the same law.
+    Models whose `step_mean` is linear in `x` set `is_linear = True`; the Kalman filter
+    is exact on them.
     """
+
+    is_linear: ClassVar[bool] = False
 
     @abc.abstractmethod
     def step_mean(

@@ -16,13 +16,12 @@ def _symmetrise(p):
 
 
 class KalmanFilter(AbstractFilter[GaussianBelief]):
-    r"""The Kalman filter (Kalman 1960): exact for linear models (`LinearDynamics`, the
-    1-D `StochasticHeat`) with linear observations.
+    r"""The Kalman filter (Kalman 1960): exact for linear models with linear observations.
 
-    Forecast: $m \leftarrow M m$, $P \leftarrow M P M^T + Q_\Delta$. For other
-    additive-noise models (`AbstractAdditiveNoiseDynamics` with a flat state) $M$ is the
-    Jacobian of `step_mean` at the mean (forward-mode autodiff) and $m$ moves with
-    `step_mean`: exact when `step_mean` is linear, the extended Kalman filter otherwise. Update with
+    Forecast: $m \leftarrow M m$, $P \leftarrow M P M^T + Q_\Delta$, for
+    `LinearDynamics` (its exact transition) and any additive-noise model with a flat
+    state that declares `is_linear` (e.g. the 1-D `StochasticHeat`; $M$ is then the
+    Jacobian of its `step_mean`, by forward-mode autodiff). Update with
     $S = H P H^T + R$, $K = P H^T S^{-1}$ (Cholesky solve, no inverse):
     $m \leftarrow m + K(y - Hm)$ and the Joseph form
     $P \leftarrow (I - KH) P (I - KH)^T + K R K^T$, symmetrised. Masked observations are
@@ -38,20 +37,19 @@ class KalmanFilter(AbstractFilter[GaussianBelief]):
 
     def forecast(self, belief, dynamics, t0, t1, *, key):
         del key
+        flat = len(dynamics.state_shape) == 1
         if isinstance(dynamics, LinearDynamics):
             m, q = dynamics.transition(t0, t1)
             loc = m @ belief.loc
-        elif isinstance(dynamics, AbstractAdditiveNoiseDynamics) and len(
-            dynamics.state_shape
-        ) == len(belief.loc.shape):
+        elif isinstance(dynamics, AbstractAdditiveNoiseDynamics) and dynamics.is_linear and flat:
             mean_step = lambda x: dynamics.step_mean(x, t0, t1)
             loc, m = mean_step(belief.loc), jax.jacfwd(mean_step)(belief.loc)
             q = dynamics.step_covariance(t0, t1).astype(loc.dtype)
         else:
             raise TypeError(
-                "KalmanFilter needs `LinearDynamics` or an additive-noise model with a flat "
-                f"state; got {type(dynamics).__name__} with state shape "
-                f"{tuple(dynamics.state_shape)}. Use an ensemble filter."
+                "KalmanFilter needs a linear model with a flat state (`LinearDynamics`, or "
+                f"an additive-noise model with `is_linear`); got {type(dynamics).__name__} "
+                f"with state shape {tuple(dynamics.state_shape)}. Use an ensemble filter."
             )
         p = m @ belief.covariance_matrix @ m.T + q
         return GaussianBelief(loc, _symmetrise(p))
