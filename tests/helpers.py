@@ -4,7 +4,14 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from assimilax.filters import ETKF, LETKF, RTPS, BootstrapFilter, StochasticEnKF
+from assimilax.filters import (
+    ETKF,
+    LETKF,
+    RTPS,
+    BootstrapFilter,
+    EnsembleScoreFilter,
+    StochasticEnKF,
+)
 from assimilax.observations import Arctan, Identity, LinearObservation, Subsample
 
 
@@ -21,6 +28,7 @@ all_ensemble_filters = [
     LETKF(radius=2.0, max_local_observations=3),
     BootstrapFilter(threshold=1.0, regularisation=1.0),
     BootstrapFilter("residual", threshold=0.5, jitter_duplicates_only=False),
+    EnsembleScoreFilter(steps=10),
 ]
 
 

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="state dimension (SPDEs: grid points per axis)",
     )
     twin.add_argument(
-        "--filters", default="etkf,letkf,enkf", help="comma-separated: etkf,letkf,enkf,pf"
+        "--filters", default="etkf,letkf,enkf", help="comma-separated: etkf,letkf,enkf,pf,ensf"
     )
     twin.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
     twin.add_argument("--cycles", type=_positive_int, default=2000, help="observation cycles")

@@ -35,7 +35,14 @@ from .dynamics import (
     StochasticHeat,
     gaussian_random_field,
 )
-from .filters import ETKF, LETKF, AbstractFilter, BootstrapFilter, StochasticEnKF
+from .filters import (
+    ETKF,
+    LETKF,
+    AbstractFilter,
+    BootstrapFilter,
+    EnsembleScoreFilter,
+    StochasticEnKF,
+)
 from .metrics import COVERAGE_LEVELS, rank_bins, spread_skill_ratio, time_average
 from .observations import AbstractObservation, Arctan, Identity, Subsample
 
@@ -255,6 +262,7 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "letkf": LETKF,
     "enkf": StochasticEnKF,
     "pf": BootstrapFilter,
+    "ensf": EnsembleScoreFilter,
 }
 # The options each filter takes from the CLI-style overrides.
 _OPTIONS = {
@@ -262,6 +270,7 @@ _OPTIONS = {
     "letkf": ("inflation", "radius"),
     "enkf": ("inflation",),
     "pf": ("threshold", "regularisation", "resampling"),
+    "ensf": ("inflation", "steps", "minibatch"),
 }
 
 

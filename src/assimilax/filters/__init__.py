@@ -23,6 +23,7 @@ from ._particle import (
     ProposalEnsemble as ProposalEnsemble,
     resample as resample,
 )
+from ._score import EnsembleScoreFilter as EnsembleScoreFilter, mixture_score as mixture_score
 from .base import (
     AbstractEnsembleFilter as AbstractEnsembleFilter,
     AbstractFilter as AbstractFilter,

@@ -1,0 +1,76 @@
+"""The ensemble score filter: the mixture score, the linear-Gaussian sanity check, errors."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import assimilax as ax
+from assimilax.filters import EnsembleScoreFilter, KalmanFilter, mixture_score
+from assimilax.observations import Subsample
+
+
+def test_mixture_score_is_the_gradient_of_the_mixture_log_density(getkey):
+    members = jr.normal(getkey(), (7, 5))
+    x = 2 * jr.normal(getkey(), (4, 5))
+    alpha, sigma2 = 0.7, 0.3
+
+    def log_density(z):
+        sq = jnp.sum((z[None] - alpha * members) ** 2, axis=1)
+        return jax.nn.logsumexp(-sq / (2 * sigma2))
+
+    expected = jax.vmap(jax.grad(log_density))(x)
+    assert np.allclose(mixture_score(x, members, alpha, sigma2), expected, atol=1e-10)
+
+
+def test_linear_gaussian_analysis_approaches_kalman():
+    """Gaussian prior ensemble (N=1000), one component observed with noise 0.5, K=100:
+    the analysis mean is within 0.2 of the Kalman mean (the update moves it by 0.8) and
+    the covariance within 0.15, for three seeds.
+
+    Measured: mean errors 0.12-0.15, covariance errors 0.07-0.12 (N=1000, K=100), and
+    the same at N=4000, K=200; 0.16-0.20 at N=250, K=50. The floor (~15 % of the
+    update: the observed component overshoots the Kalman mean, 1.45 against 1.30) is the
+    bias of the damped likelihood score h(t) = 1 - t evaluated at x_t; it does not
+    shrink with N or K.
+    """
+    p = jnp.array([[1.0, 0.6], [0.6, 0.8]])
+    m0 = jnp.array([0.5, -0.3])
+    obs = Subsample(2, jnp.array([0]), noise_std=0.5)
+    y = jnp.array([1.5])
+    kf = KalmanFilter().update(ax.GaussianBelief(m0, p), obs, y, key=jr.key(0))
+    for seed in range(3):
+        x = m0[None] + jr.normal(jr.key(seed), (1000, 2)) @ jnp.linalg.cholesky(p).T
+        a = EnsembleScoreFilter(steps=100).update(ax.Ensemble(x), obs, y, key=jr.key(10 + seed))
+        assert np.max(np.abs(a.mean() - kf.loc)) < 0.2
+        assert np.max(np.abs(a.covariance() - kf.covariance_matrix)) < 0.15
+        # the observed component moved from 0.5 to about the Kalman 1.3
+        assert 1.1 < float(a.mean()[0]) < 1.5
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [EnsembleScoreFilter(steps=10, minibatch=5), EnsembleScoreFilter(steps=10, paired=True)],
+    ids=["minibatch", "paired"],
+)
+def test_variants_run_and_keep_shapes(flt, getkey):
+    x = jr.normal(getkey(), (12, 3, 4))
+    obs = Subsample((3, 4), jnp.array([0, 5, 11]), noise_std=0.3)
+    a = jax.jit(lambda e, k: flt.update(e, obs, jnp.ones(3), key=k))(ax.Ensemble(x), getkey())
+    assert a.members.shape == x.shape and np.all(np.isfinite(a.members))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: EnsembleScoreFilter(steps=1), "steps"),
+        (lambda: EnsembleScoreFilter(minibatch=0), "minibatch"),
+        (lambda: EnsembleScoreFilter(likelihood_scale=-1.0), "likelihood_scale"),
+    ],
+)
+def test_bad_settings(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+    with pytest.raises(TypeError, match="sde"):
+        EnsembleScoreFilter(sde="vp")
