@@ -74,3 +74,30 @@ def test_bad_settings(make, match):
         make()
     with pytest.raises(TypeError, match="sde"):
         EnsembleScoreFilter(sde="vp")
+
+
+def test_lorenz96_ensf_tracks_for_1000_cycles_next_to_etkf():
+    """Lorenz-96 d=40, all observed (unit noise) every 0.05, N=20, 1000 cycles: with
+    the tuned defaults (likelihood_scale 10, t_min 0.01) the EnSF keeps track (measured
+    RMSE 0.41 against ETKF's 0.19 in the same run; climatology ~3.6). Its spread
+    collapses (0.06): the mixture prior pins samples to members as t -> 0.
+    """
+    setup = ax.MODELS["lorenz96"]
+    ds = ax.twin_experiment(
+        setup.make_dynamics(40),
+        ax.make_observation(40, 1.0),
+        {n: ax.make_filter(n, "lorenz96") for n in ("etkf", "ensf")},
+        key=jr.key(0),
+        members=20,
+        cycles=1000,
+        obs_interval=0.05,
+        burn_in=100,
+        x0=setup.initial_state(40),
+        spinup_time=setup.spinup_time,
+    )
+    s = ax.summarise(ds)
+    assert not s["ensf"]["failed"] and not s["etkf"]["failed"]
+    assert s["etkf"]["rmse_analysis"] < 0.21
+    assert s["ensf"]["rmse_analysis"] < 0.6, s["ensf"]
+    # never lost: the worst analysis after burn-in stays far below climatology
+    assert float(ds["rmse_analysis"].sel(filter="ensf")[100:].max()) < 2.0

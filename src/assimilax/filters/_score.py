@@ -58,8 +58,11 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
     **Arguments:**
 
     - `steps`: pseudo-time steps `K` of the reverse SDE (100, as the paper).
-    - `sde`: the forward SDE (default `EnSFSDE(eps_alpha=0.05, t_min=1e-3)`: $\alpha_t =
+    - `sde`: the forward SDE (default `EnSFSDE(eps_alpha=0.05, t_min=t_min)`: $\alpha_t =
       1 - 0.95 t$, $\sigma_t^2 = t$).
+    - `t_min`: where the reverse SDE stops when `sde` is not given (default 1e-3). With
+      few members the mixture prior pins samples to members as $t \to 0$, so the last
+      steps act like a likelihood-gradient nudge of size ~ `t_min * likelihood_scale`.
     - `damping`: `h(t)`, the weight of the likelihood score (default `1 - t`).
     - `likelihood_scale`: tempering factor on the log-likelihood (1: none).
     - `minibatch`: if given, the prior score at each pseudo-time step uses this many
@@ -85,6 +88,7 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         self,
         steps: int = 100,
         sde: AbstractSDE | None = None,
+        t_min: float = 1e-3,
         damping: Callable = _one_minus_t,
         likelihood_scale=1.0,
         minibatch: int | None = None,
@@ -101,7 +105,7 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         if sde is not None and not isinstance(sde, AbstractSDE):
             raise TypeError(f"`sde` must be an AbstractSDE; got {type(sde).__name__}.")
         self.steps = int(steps)
-        self.sde = EnSFSDE() if sde is None else sde
+        self.sde = EnSFSDE(t_min=t_min) if sde is None else sde
         self.damping = damping
         self.likelihood_scale = jnp.asarray(likelihood_scale)
         self.minibatch = None if minibatch is None else int(minibatch)
