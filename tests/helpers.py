@@ -1,15 +1,18 @@
 """Shared test helpers: tolerances and the lists of every filter and observation."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from assimilax.diffusion import VPSDE
 from assimilax.filters import (
     ETKF,
     LETKF,
     RTPS,
     BootstrapFilter,
     EnsembleScoreFilter,
+    ScoreFilter,
     StochasticEnKF,
 )
 from assimilax.observations import Arctan, Identity, LinearObservation, Subsample
@@ -17,6 +20,16 @@ from assimilax.observations import Arctan, Identity, LinearObservation, Subsampl
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8):
     return eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol)
+
+
+class StandardNormalNoise(eqx.Module):
+    """The exact noise predictor `eps = sigma(t) x_t` of standard-normal data under the
+    VP SDE, scaled by a trainable `w` (1: exact): a score network with a known answer."""
+
+    w: jax.Array
+
+    def __call__(self, x, t, cond=None):
+        return self.w.astype(x.dtype) * VPSDE().sigma(t).astype(x.dtype) * x
 
 
 # Every ensemble filter, in a small configuration (the shared conformance tests).
@@ -29,6 +42,15 @@ all_ensemble_filters = [
     BootstrapFilter(threshold=1.0, regularisation=1.0),
     BootstrapFilter("residual", threshold=0.5, jitter_duplicates_only=False),
     EnsembleScoreFilter(steps=10),
+    ScoreFilter(
+        StandardNormalNoise(jnp.ones(())),
+        VPSDE(),
+        jnp.full(8, 8.0),
+        1.0,
+        steps=50,
+        finetune_steps=2,
+        batch_size=8,
+    ),
 ]
 
 

@@ -101,3 +101,85 @@ def test_lorenz96_ensf_tracks_for_1000_cycles_next_to_etkf():
     assert s["ensf"]["rmse_analysis"] < 0.6, s["ensf"]
     # never lost: the worst analysis after burn-in stays far below climatology
     assert float(ds["rmse_analysis"].sel(filter="ensf")[100:].max()) < 2.0
+
+
+def _exact_score_filter(**options):
+    from assimilax.diffusion import VPSDE
+    from assimilax.filters import ScoreFilter
+
+    from .helpers import StandardNormalNoise
+
+    # The exact prior of N(8, 1) data in standardised coordinates, trainable scale w.
+    return ScoreFilter(StandardNormalNoise(jnp.ones(())), VPSDE(), jnp.full(4, 8.0), 1.0, **options)
+
+
+def test_score_filter_with_the_exact_prior_approaches_kalman():
+    """Prior N(8, I) (400 members), components 0 and 2 observed with noise 0.5: with the
+    exact prior score the analysis matches the Kalman filter (mean 8 + 0.8 (y - 8),
+    std 0.447 observed; unchanged elsewhere) up to the guidance's own bias. Measured over
+    3 seeds: SDA means 0.07-0.13 short of the Kalman means, stds 0.47-0.52 (a little
+    wide); damped guidance means 0.06-0.11 beyond them, stds 0.34-0.37 (too narrow).
+    """
+    from assimilax.diffusion import VPSDE
+    from assimilax.filters import ScoreFilter
+
+    x = 8 + jr.normal(jr.key(0), (400, 4))
+    obs = Subsample(4, jnp.array([0, 2]), noise_std=0.5)
+    y = jnp.array([9.0, 7.0])
+    kf_mean = 8 + 0.8 * (y - 8)
+    seen, unseen = jnp.array([0, 2]), jnp.array([1, 3])
+    for guidance, (lo, hi) in (("sda", (0.4, 0.56)), ("damped", (0.3, 0.42))):
+        flt = _exact_score_filter(finetune_steps=0, guidance=guidance)
+        a = flt.update(ax.Ensemble(x), obs, y, key=jr.key(1))
+        mean, std = a.mean(), jnp.sqrt(a.variance())
+        assert np.allclose(mean[seen], kf_mean, atol=0.17), (guidance, mean)
+        assert np.all((lo < std[seen]) & (std[seen] < hi)), (guidance, std)
+        assert np.allclose(mean[unseen], 8.0, atol=0.15), (guidance, mean)
+        assert np.allclose(std[unseen], 1.0, atol=0.12), (guidance, std)
+    with pytest.raises(ValueError, match="guidance"):
+        ScoreFilter(None, VPSDE(), 0.0, 1.0, guidance="magic")
+
+
+def test_score_filter_carries_and_fine_tunes_its_weights():
+    """`init` puts the network's weights in the belief, `forecast` keeps them, `update`
+    fine-tunes them on the forecast ensemble (warm start) and returns them."""
+    from assimilax.dynamics import Lorenz96
+    from assimilax.filters import ScoreEnsemble
+
+    flt = _exact_score_filter(finetune_steps=5, batch_size=16, steps=50)
+    x = 8 + 2 * jr.normal(jr.key(0), (30, 4))  # the data are wider than the prior: w moves
+    belief = flt.init(ax.Ensemble(x), key=jr.key(1))
+    assert isinstance(belief, ScoreEnsemble) and float(belief.params.w) == 1.0
+    belief = flt.forecast(belief, Lorenz96(4), 0.0, 0.01, key=jr.key(2))
+    assert isinstance(belief, ScoreEnsemble) and float(belief.params.w) == 1.0
+    obs = Subsample(4, jnp.array([0]), noise_std=1.0)
+    after = flt.update(belief, obs, jnp.array([8.0]), key=jr.key(3))
+    assert isinstance(after, ScoreEnsemble) and float(after.params.w) != 1.0
+    # the next update starts from the tuned weights, not from the filter's own
+    frozen = _exact_score_filter(finetune_steps=0, steps=50)
+    again = frozen.update(after, obs, jnp.array([8.0]), key=jr.key(4))
+    assert float(again.params.w) == float(after.params.w)
+
+
+@pytest.mark.slow
+def test_lorenz96_score_filter_tracks_for_1000_cycles():
+    """Lorenz-96 d=40, all observed (unit noise), N=20, 1000 cycles, CLI defaults
+    (network pre-trained on 4000 climatological states, SDA guidance, 20 fine-tuning
+    steps per cycle): measured RMSE 0.51 (ETKF 0.19, EnSF 0.41 in the same run),
+    spread 0.42, 90 % coverage 0.84."""
+    setup = ax.MODELS["lorenz96"]
+    ds = ax.twin_experiment(
+        setup.make_dynamics(40),
+        ax.make_observation(40, 1.0),
+        {"sf": ax.make_filter("sf", "lorenz96")},
+        key=jr.key(0),
+        members=20,
+        cycles=1000,
+        obs_interval=0.05,
+        burn_in=100,
+        x0=setup.initial_state(40),
+        spinup_time=setup.spinup_time,
+    )
+    s = ax.summarise(ds)["sf"]
+    assert not s["failed"] and s["rmse_analysis"] < 0.7, s
+    assert float(ds["rmse_analysis"].sel(filter="sf")[100:].max()) < 2.0

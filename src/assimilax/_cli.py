@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="state dimension (SPDEs: grid points per axis)",
     )
     twin.add_argument(
-        "--filters", default="etkf,letkf,enkf", help="comma-separated: etkf,letkf,enkf,pf,ensf"
+        "--filters",
+        default="etkf,letkf,enkf",
+        help="comma-separated: etkf,letkf,enkf,pf,ensf,sf (sf pre-trains a network first)",
     )
     twin.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
     twin.add_argument("--cycles", type=_positive_int, default=2000, help="observation cycles")
@@ -174,7 +176,7 @@ def _run_twin(args) -> int:
         regularisation=args.regularisation,
         resampling=args.resampling,
     )
-    filters = {n: make_filter(n, setup, **options) for n in names}
+    filters = {n: make_filter(n, setup, dim=dim, **options) for n in names}
     obs_std = setup.obs_std if args.obs_std is None else args.obs_std
     obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
     members = setup.members if args.members is None else args.members

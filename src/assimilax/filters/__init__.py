@@ -23,7 +23,12 @@ from ._particle import (
     ProposalEnsemble as ProposalEnsemble,
     resample as resample,
 )
-from ._score import EnsembleScoreFilter as EnsembleScoreFilter, mixture_score as mixture_score
+from ._score import (
+    EnsembleScoreFilter as EnsembleScoreFilter,
+    ScoreEnsemble as ScoreEnsemble,
+    ScoreFilter as ScoreFilter,
+    mixture_score as mixture_score,
+)
 from .base import (
     AbstractEnsembleFilter as AbstractEnsembleFilter,
     AbstractFilter as AbstractFilter,
