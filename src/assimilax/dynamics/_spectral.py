@@ -75,37 +75,29 @@ class PeriodicGrid(eqx.Module):
             x.reshape([-1 if i == a else 1 for i in range(self.ndim)]) for a in range(self.ndim)
         )
 
+    def _integer_wavenumbers(self) -> tuple[np.ndarray, ...]:
+        """Integer wavenumbers per axis on the `rfftn` grid (the last axis non-negative),
+        shaped to broadcast."""
+        out = []
+        for a in range(self.ndim):
+            freq = np.fft.rfftfreq if a == self.ndim - 1 else np.fft.fftfreq
+            shape = [-1 if i == a else 1 for i in range(self.ndim)]
+            out.append(freq(self.dim, 1 / self.dim).reshape(shape))
+        return tuple(out)
+
     def wavenumbers(self, dtype) -> tuple[Array, ...]:
         """Angular wavenumbers per axis on the `rfftn` grid, shaped to broadcast."""
         scale = 2 * math.pi / self.length
-        out = []
-        for a in range(self.ndim):
-            last = a == self.ndim - 1
-            k = (
-                np.fft.rfftfreq(self.dim, 1 / self.dim)
-                if last
-                else np.fft.fftfreq(self.dim, 1 / self.dim)
-            )
-            shape = [-1 if i == a else 1 for i in range(self.ndim)]
-            out.append(jnp.asarray(scale * k, dtype).reshape(shape))
-        return tuple(out)
+        return tuple(jnp.asarray(scale * n, dtype) for n in self._integer_wavenumbers())
 
     def wavenumber_squared(self, dtype) -> Array:
         return sum(k**2 for k in self.wavenumbers(dtype))
 
     def dealias_mask(self) -> np.ndarray:
         """The 2/3 rule: keep modes with integer wavenumber `|n| < dim / 3` on every axis."""
-        keep = None
-        for a in range(self.ndim):
-            last = a == self.ndim - 1
-            n = (
-                np.fft.rfftfreq(self.dim, 1 / self.dim)
-                if last
-                else np.fft.fftfreq(self.dim, 1 / self.dim)
-            )
-            shape = [-1 if i == a else 1 for i in range(self.ndim)]
-            k = (np.abs(n) < self.dim / 3).reshape(shape)
-            keep = k if keep is None else keep & k
+        keep = True
+        for n in self._integer_wavenumbers():
+            keep = keep & (np.abs(n) < self.dim / 3)
         return keep
 
     def multiplicity(self) -> np.ndarray:
