@@ -25,7 +25,8 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import assimilax as ax  # noqa: E402
-from assimilax._twin import _synthetic_observations, _truth_run, describe  # noqa: E402
+from assimilax._io import describe  # noqa: E402
+from assimilax._twin import _synthetic_observations, _truth_run  # noqa: E402
 
 
 def main():

@@ -21,7 +21,7 @@ from assimilax.filters import (
     gaspari_cohn,
     periodic_distance,
 )
-from assimilax.observations import Identity, LinearObservation, Subsample
+from assimilax.observations import Identity, Interpolate, LinearObservation, Subsample
 
 from .helpers import all_ensemble_filters, tree_allclose
 
@@ -78,13 +78,21 @@ def test_conformance(flt, getkey):
     assert b32.members.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("sensors", ["grid", "between"])
 @pytest.mark.parametrize("flt", all_ensemble_filters, ids=lambda f: type(f).__name__)
-def test_masked_observation_has_no_influence(flt, getkey):
-    """An update with a masked value equals the update without that sensor."""
+def test_masked_observation_has_no_influence(flt, sensors, getkey):
+    """An update with a masked value equals the update without that sensor (on grid
+    points, and interpolated between them)."""
     ens, _, _ = _setup(getkey())
-    idx = jnp.array([0, 3, 5])
-    full = Subsample(D, idx, noise_std=jnp.array([0.5, 0.6, 0.7]))
-    part = Subsample(D, idx[jnp.array([0, 2])], noise_std=jnp.array([0.5, 0.7]))
+    std = jnp.array([0.5, 0.6, 0.7])
+    if sensors == "grid":
+        idx = jnp.array([0, 3, 5])
+        full = Subsample(D, idx, noise_std=std)
+        part = Subsample(D, idx[jnp.array([0, 2])], noise_std=std[jnp.array([0, 2])])
+    else:
+        pos = jnp.array([0.5, 3.25, D - 0.4])
+        full = Interpolate(D, pos, noise_std=std)
+        part = Interpolate(D, pos[jnp.array([0, 2])], noise_std=std[jnp.array([0, 2])])
     y = 8 + jr.normal(getkey(), (3,))
     key = getkey()
     mask = jnp.array([True, False, True])

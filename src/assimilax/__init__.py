@@ -10,13 +10,16 @@ from . import (
 from ._assimilate import Solution as Solution, assimilate as assimilate
 from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
 from ._ensemble import Ensemble as Ensemble
-from ._io import read_netcdf as read_netcdf, write_netcdf as write_netcdf
+from ._io import describe as describe, read_netcdf as read_netcdf, write_netcdf as write_netcdf
 from ._report import report as report
 from ._results import RESULTS as RESULTS
-from ._streams import ObservationSeries as ObservationSeries
+from ._streams import (
+    ObservationRecord as ObservationRecord,
+    ObservationSeries as ObservationSeries,
+    ObservationStream as ObservationStream,
+)
 from ._twin import (
     MODELS as MODELS,
-    describe as describe,
     make_filter as make_filter,
     make_observation as make_observation,
     summarise as summarise,

@@ -1,17 +1,23 @@
 """The cycle loop: forecast, update, diagnostics, as one `lax.scan`."""
 
+import os
+from pathlib import Path
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
+import numpy as np
 from jax import lax
 
 from ._belief import AbstractBelief
 from ._checks import check_finite, check_shape, is_concrete
-from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
+from ._custom_types import Array, Float, Int, PRNGKeyArray, RealScalarLike
 from ._ensemble import Ensemble
+from ._io import AppendableNetCDF, fingerprint, load_checkpoint, save_checkpoint
 from ._results import RESULTS
-from ._streams import ObservationSeries
+from ._streams import ObservationSeries, ObservationStream, batch_records
 from .dynamics import AbstractDynamics
 from .filters import AbstractFilter
 from .metrics import cycle_scores, rmse
@@ -25,6 +31,7 @@ class Solution(eqx.Module):
 
     - `forecast_mean`, `analysis_mean`, `analysis_std` (per component), and the RMS
       spreads `forecast_spread`, `analysis_spread`;
+    - `observed`: the number of values observed (not missing) per cycle;
     - `effective_size`: the analysis ensemble's effective sample size `1 / sum w^2`
       (`n` for EnKFs; a particle filter's weight collapse shows here), None for
       non-ensemble beliefs;
@@ -42,6 +49,7 @@ class Solution(eqx.Module):
     analysis_std: Float[Array, " K *state"]
     forecast_spread: Float[Array, " K"]
     analysis_spread: Float[Array, " K"]
+    observed: Int[Array, " K"]
     effective_size: Float[Array, " K"] | None
     rmse_forecast: Float[Array, " K"] | None
     rmse_analysis: Float[Array, " K"] | None
@@ -70,12 +78,13 @@ def _run_cycles(
 
     def _step(carry, inputs):
         belief, t_prev, result = carry
-        cycle, t, y, mask, x_true = inputs
+        cycle, t, y, mask, noise_std, x_true = inputs
         # Keys are a function of the global cycle index, so chunked and resumed runs
         # give the same numbers as one long run.
         forecast_key, update_key = jr.split(jr.fold_in(key, cycle))
         forecast = filter.forecast(belief, dynamics, t_prev, t, key=forecast_key)
-        analysis = filter.update(forecast, observations.observation, y, mask, key=update_key)
+        observation = observations.observation_at(noise_std)
+        analysis = filter.update(forecast, observation, y, mask, key=update_key)
         mean_f, mean_a = forecast.mean(), analysis.mean()
         # Keep the first failure only.
         bad_f = ~jnp.all(jnp.isfinite(mean_f))
@@ -90,6 +99,7 @@ def _run_cycles(
             analysis_std=jnp.sqrt(analysis.variance()),
             forecast_spread=forecast.spread(),
             analysis_spread=analysis.spread(),
+            observed=jnp.sum(mask, dtype=jnp.int32),
         )
         if isinstance(analysis, Ensemble):
             out["effective_size"] = analysis.effective_size()
@@ -104,28 +114,77 @@ def _run_cycles(
 
     k = observations.times.shape[0]
     cycles = start + jnp.arange(k, dtype=jnp.int32)
-    inputs = (cycles, observations.times, observations.values, observations.mask, truth)
+    inputs = (
+        cycles,
+        observations.times,
+        observations.values,
+        observations.mask,
+        observations.noise_std,
+        truth,
+    )
     (belief, _, result), out = lax.scan(_step, (belief, t_start, result), inputs)
     return belief, result, out
 
 
-def _chunk(observations: ObservationSeries, lo: int, hi: int) -> ObservationSeries:
-    """The records `lo:hi` of a series (same operator)."""
-    return eqx.tree_at(
-        lambda s: (s.times, s.values, s.mask),
-        observations,
-        (
-            observations.times[lo:hi],
-            observations.values[lo:hi],
-            observations.mask[lo:hi],
-        ),
-    )
+def _series_chunks(series: ObservationSeries, truth, start: int, size: int):
+    """`(first record, chunk, truth chunk)` of a series, from record `start` on."""
+    for lo in range(start, len(series), size):
+        hi = min(lo + size, len(series))
+        yield lo, series[lo:hi], None if truth is None else truth[lo:hi]
+
+
+def _stream_chunks(stream: ObservationStream, start: int, size: int):
+    """`(first record, chunk, None)` of a stream, `size` records at a time; the first
+    `start` records (already assimilated before a resume) are skipped."""
+    records = iter(stream.records)
+    for i in range(start):
+        if next(records, None) is None:
+            raise ValueError(
+                f"The stream ended after {i} records, but the checkpoint has assimilated "
+                f"{start}: resume with the same stream."
+            )
+    lo, buffer = start, []
+    for record in records:
+        buffer.append(record)
+        if len(buffer) == size:
+            yield lo, batch_records(stream.observation, buffer, lo), None
+            lo, buffer = lo + size, []
+    if buffer:
+        yield lo, batch_records(stream.observation, buffer, lo), None
+
+
+_OUTPUT_DOCS = {
+    "forecast_mean": "forecast ensemble mean",
+    "analysis_mean": "analysis ensemble mean",
+    "analysis_std": "analysis standard deviation per component",
+    "forecast_spread": "RMS spread of the forecast",
+    "analysis_spread": "RMS spread of the analysis",
+    "observed": "number of values observed (not missing)",
+    "effective_size": "effective sample size of the analysis weights, 1/sum(w^2)",
+    "rmse_forecast": "RMSE of the forecast mean against the truth",
+    "rmse_analysis": "RMSE of the analysis mean against the truth",
+}
+
+
+def _output_layout(out: dict, state_shape, attrs: dict):
+    """The variables, dimensions and coordinates of the output file for outputs `out`
+    of one chunk (the first)."""
+    sdims = ("x",) if len(state_shape) == 1 else tuple(f"x{i}" for i in range(len(state_shape)))
+    variables = {"time": (("time",), np.asarray(out["times"]).dtype, {"units": "model time units"})}
+    for name, doc in _OUTPUT_DOCS.items():
+        if name in out:
+            value = np.asarray(out[name])
+            dims = ("time", *sdims) if value.ndim > 1 else ("time",)
+            variables[name] = (dims, value.dtype, {"long_name": doc})
+    dims = dict(zip(sdims, state_shape, strict=True))
+    coords = {d: np.arange(n) for d, n in dims.items()}
+    return variables, dims, coords, attrs
 
 
 def assimilate(
     filter: AbstractFilter,
     dynamics: AbstractDynamics,
-    observations: ObservationSeries,
+    observations: ObservationSeries | ObservationStream,
     belief0: AbstractBelief,
     *,
     key: PRNGKeyArray,
@@ -136,23 +195,33 @@ def assimilate(
     throw: bool = True,
     chunk_size: int | None = None,
     progress: bool = False,
+    out: str | os.PathLike | None = None,
+    out_attrs: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Solution:
-    r"""Run a filter through a series of observations.
+    r"""Run a filter through a series or a stream of observations.
 
     For each observation time $t_k$: `forecast` from $t_{k-1}$ to $t_k$ (with
-    $t_{-1}$ = `t0`), then `update` with the values observed at $t_k$. The cycles run
-    as one `jax.lax.scan` (per chunk), compiled once.
+    $t_{-1}$ = `t0`), then `update` with the values observed at $t_k$ (missing values
+    masked out; a record's own error standard deviations, if any, replace the
+    operator's noise). The cycles run as `jax.lax.scan`s over chunks of records, each
+    chunk one compiled call: chunks of the same length compile once.
 
     **Arguments:**
 
     - `filter`: any `AbstractFilter`.
     - `dynamics`: the model, an `AbstractDynamics`.
-    - `observations`: an `ObservationSeries` (operator, times, values, mask).
+    - `observations`: an `ObservationSeries` (all records known up front, e.g. read
+      from a file with `read_observations`) or an `ObservationStream` (records pulled
+      one by one from any iterable, e.g. a generator fed by a sensor).
     - `belief0`: the belief at time `t0`, usually `filter.init(ensemble, key=...)`.
-    - `key`: a PRNG key. The same key gives the same numbers.
+    - `key`: a PRNG key. The same key gives the same numbers; cycle `k` uses
+      `fold_in(key, k)`, so chunked, streamed and resumed runs give the same numbers.
     - `t0`: the time of `belief0`; must precede the first observation time.
-    - `truth`: optional `(K, *state)` true states at the observation times; if given,
-      per-cycle RMSEs are returned.
+    - `truth`: optional `(K, *state)` true states at the observation times (series
+      only); if given, per-cycle RMSEs are returned.
     - `scores`: with a `truth` and an ensemble belief, also compute the probabilistic
       scores of every analysis (CRPS, energy score, coverage, rank counts; see
       `metrics.cycle_scores`). They cost about as much as an EnKF update at small `n`;
@@ -162,18 +231,35 @@ def assimilate(
     - `throw`: raise if the run fails (non-finite forecast or analysis). With
       `throw=False` the failure is returned in `Solution.result` instead, which suits
       runs vmapped over settings.
-    - `chunk_size`: run the cycles in chunks of this many (each chunk one compiled
-      scan; a remainder chunk compiles once more). Chunked runs give the same numbers.
-    - `progress`: show a progress bar over chunks (default chunks of 100 cycles).
+    - `chunk_size`: records per compiled scan. Default: all of a series at once (100
+      with `progress`, `out` or `checkpoint`); 1 for a stream, so every record is
+      assimilated as soon as it arrives.
+    - `progress`: show a progress bar (over records).
+    - `out`: a netCDF file to which the per-cycle diagnostics (`time`, forecast and
+      analysis means, analysis std, spreads, number observed, ESS, RMSEs) are
+      appended after every chunk. Between appends the file is always complete and
+      readable; `out_attrs` are written as its global attributes.
+    - `checkpoint`: a file holding the belief, the stream position, the key and the
+      run's fingerprint, rewritten atomically every `checkpoint_every` records (at the
+      end of the first chunk at or past each multiple) and when the run stops early
+      (an exception from the stream, Ctrl-C, SIGTERM once `terminate_as_interrupt` is
+      installed as the CLI does): nothing already assimilated is lost.
+    - `resume`: continue from `checkpoint` (which must exist and come from the same
+      filter, model, observation operator, initial belief structure and key) with the
+      same `observations` from their start: the records already assimilated are
+      skipped, `out` is cut back to them and appended to. The result is bit-identical
+      to an uninterrupted run with the same chunks.
 
     **Returns:**
 
-    A `Solution`.
+    A `Solution` over the records assimilated by this call (after the checkpoint's,
+    when resuming).
 
     **Raises:**
 
     `ValueError`/`TypeError` for bad input (shapes, NaN in the initial belief, a `t0`
-    after the first observation); `RuntimeError` (equinox's) for a failed run when
+    after the first observation, times that do not increase across a stream, a
+    checkpoint from another run); `RuntimeError` (equinox's) for a failed run when
     `throw=True`.
     """
     # Error checking -----------------------------------------------------------------
@@ -181,9 +267,11 @@ def assimilate(
         raise TypeError(f"`filter` must be an AbstractFilter; got {type(filter).__name__}.")
     if not isinstance(dynamics, AbstractDynamics):
         raise TypeError(f"`dynamics` must be an AbstractDynamics; got {type(dynamics).__name__}.")
-    if not isinstance(observations, ObservationSeries):
+    is_stream = isinstance(observations, ObservationStream)
+    if not (is_stream or isinstance(observations, ObservationSeries)):
         raise TypeError(
-            f"`observations` must be an ObservationSeries; got {type(observations).__name__}."
+            "`observations` must be an ObservationSeries or an ObservationStream; got "
+            f"{type(observations).__name__}."
         )
     if not isinstance(belief0, AbstractBelief):
         raise TypeError(
@@ -200,70 +288,147 @@ def assimilate(
     check_finite(mean0, "belief0 (its mean)")
     if isinstance(belief0, Ensemble):
         check_finite(belief0.members, "belief0.members")
-    k = len(observations)
+    k = None if is_stream else len(observations)
     if truth is not None:
+        if is_stream:
+            raise ValueError("`truth` needs an ObservationSeries (aligned by index), not a stream.")
         truth = jnp.asarray(truth)
         check_shape(truth, (k, *state_shape), "truth", "(K, *state_shape)")
-    t0 = jnp.asarray(t0, observations.times.dtype)
-    if is_concrete(t0) and is_concrete(observations.times) and k > 0:
-        if not float(t0) < float(observations.times[0]):
-            raise ValueError(
-                f"`t0` ({float(t0)}) must be earlier than the first observation time "
-                f"({float(observations.times[0])})."
-            )
+    t0 = jnp.asarray(t0, jnp.result_type(float))
     if save_ensembles and not isinstance(belief0, Ensemble):
         raise ValueError("`save_ensembles=True` needs an ensemble belief.")
+    persistent = out is not None or checkpoint is not None
     if chunk_size is None:
-        chunk_size = 100 if progress else max(k, 1)
+        chunk_size = 1 if is_stream else (100 if progress or persistent else max(k, 1))
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size}.")
+    if checkpoint_every is not None and (checkpoint is None or checkpoint_every < 1):
+        raise ValueError(
+            "`checkpoint_every` needs a `checkpoint` file and must be a positive int; got "
+            f"{checkpoint_every!r}."
+        )
+    if resume and checkpoint is None:
+        raise ValueError("`resume=True` needs the `checkpoint` file to resume from.")
+    operator = observations.observation
+    run_id = dict(fingerprint=fingerprint(filter, dynamics, operator), key=_key_data(key))
+    writer = None if out is None else AppendableNetCDF(out)
+
+    concrete = not is_stream and k > 0 and is_concrete(t0) and is_concrete(observations.times)
+    if not resume and concrete and not float(t0) < float(observations.times[0]):
+        raise ValueError(
+            f"`t0` ({float(t0)}) must be earlier than the first observation time "
+            f"({float(observations.times[0])})."
+        )
+
+    # Where to start: the beginning or a checkpoint --------------------------------------
+    # Array-valued from the start (a Python int `start` or a Python-valued result would
+    # be static under `filter_jit`, recompiling every chunk).
+    result = RESULTS.where(jnp.asarray(False), RESULTS.successful, RESULTS.successful)
+    belief, t_start, start = belief0, t0, 0
+    if resume:
+        (belief, t_start, result), meta = load_checkpoint(checkpoint, (belief0, t0, result))
+        changed = (("fingerprint", "filter, model or observation operator"), ("key", "key"))
+        for name, what in changed:
+            if meta.get(name) != run_id[name]:
+                raise ValueError(
+                    f"The checkpoint {str(checkpoint)!r} comes from a run with another {what}; "
+                    "resume with the same settings (or start afresh without resume)."
+                )
+        start = int(meta["records"])
+        if writer is not None:
+            if not writer.path.is_file():
+                raise ValueError(f"Cannot resume: the output file {str(out)!r} is missing.")
+            written = len(writer)
+            if written < start:
+                raise ValueError(
+                    f"Cannot resume: {str(out)!r} holds {written} records but the checkpoint "
+                    f"{start}; was it replaced?"
+                )
+            if written > start:
+                writer.truncate(start)
+    elif checkpoint is not None:  # a stale checkpoint must not be resumed by mistake
+        Path(checkpoint).unlink(missing_ok=True)
+    if is_stream:
+        chunks = _stream_chunks(observations, start, chunk_size)
+    else:
+        chunks = _series_chunks(observations, truth, start, chunk_size)
 
     # The loop, chunk by chunk -------------------------------------------------------
-    bounds = list(range(0, k, chunk_size)) + [k]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=k, unit="cycle", desc=type(filter).__name__, leave=False)
-    # Array-valued from the start (a Python int `start` or a Python-valued result would
-    # be static under `filter_jit`, recompiling every chunk).
-    result = RESULTS.where(jnp.asarray(False), RESULTS.successful, RESULTS.successful)
-    belief, t_start = belief0, t0
+        total = None if is_stream else k - start
+        bar = tqdm(total=total, unit="cycle", desc=type(filter).__name__, leave=False)
     outputs = []
+    done, saved = start, start
+
+    def save():
+        tree = (belief, t_start, result)
+        save_checkpoint(checkpoint, tree, dict(run_id, records=done, out=str(out or "")))
+
     try:
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            belief, result, out = _run_cycles(
+        for lo, chunk, truth_chunk in chunks:
+            if is_concrete(t_start) and not float(chunk.times[0]) > float(t_start):
+                raise ValueError(
+                    f"Observation record {lo} is at time {float(chunk.times[0])!r}, not after "
+                    f"the previous time {float(t_start)!r} (times must increase strictly; "
+                    "`t0` must precede the first record)."
+                )
+            new_belief, new_result, chunk_out = _run_cycles(
                 filter,
                 dynamics,
-                _chunk(observations, lo, hi),
+                chunk,
                 belief,
                 t_start,
-                None if truth is None else truth[lo:hi],
+                truth_chunk,
                 jnp.asarray(lo, jnp.int32),
                 key,
                 result,
                 save_ensembles,
                 scores,
             )
-            t_start = observations.times[hi - 1]
-            outputs.append(out)
+            chunk_out["times"] = chunk.times
+            if writer is not None:
+                chunk_out = jax.device_get(chunk_out)
+                if lo == 0:
+                    writer.create(*_output_layout(chunk_out, state_shape, dict(out_attrs or {})))
+                writer.append(
+                    {
+                        "time" if n == "times" else n: v
+                        for n, v in chunk_out.items()
+                        if n == "times" or n in _OUTPUT_DOCS
+                    }
+                )
+            belief, result, t_start = new_belief, new_result, chunk.times[-1]
+            done = lo + len(chunk)
+            outputs.append(chunk_out)
+            every = checkpoint_every
+            if every is not None and done // every > saved // every:
+                save()
+                saved = done
             if bar is not None:
-                bar.update(hi - lo)
+                bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    out = jtu.tree_map(lambda *xs: jnp.concatenate(xs), *outputs) if outputs else {}
+        if checkpoint is not None and done > saved:
+            save()
+    if not outputs:
+        raise ValueError("`observations` holds no records to assimilate.")
+    out = jtu.tree_map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *outputs)
     if throw and is_concrete(result._value) and result != RESULTS.successful:
         raise RuntimeError(RESULTS[result])
     if throw and not is_concrete(result._value):
         belief = result.error_if(belief, result != RESULTS.successful)
     return Solution(
-        times=observations.times,
+        times=out["times"],
         forecast_mean=out.get("forecast_mean"),
         analysis_mean=out.get("analysis_mean"),
         analysis_std=out.get("analysis_std"),
         forecast_spread=out.get("forecast_spread"),
         analysis_spread=out.get("analysis_spread"),
+        observed=out.get("observed"),
         effective_size=out.get("effective_size"),
         rmse_forecast=out.get("rmse_forecast"),
         rmse_analysis=out.get("rmse_analysis"),
@@ -272,3 +437,7 @@ def assimilate(
         belief=belief,
         result=result,
     )
+
+
+def _key_data(key) -> list[int]:
+    return np.asarray(jr.key_data(key)).ravel().tolist()

@@ -6,6 +6,8 @@ Errors are printed to stderr as one line (no traceback) with exit code 2.
 import argparse
 import sys
 
+import numpy as np
+
 
 def _number(convert, low: int | float, strict: bool, what: str):
     """An argparse type: `convert(text)`, which must be > low (strict) or >= low."""
@@ -54,17 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             "all observed every 0.25, noise variance 2) and filter settings tuned for it."
         ),
     )
-    twin.add_argument(
-        "--model",
-        default="lorenz96",
-        help="lorenz96 (default), lorenz63, ks, burgers, heat2d or ns2d",
-    )
-    twin.add_argument(
-        "--dim",
-        type=_positive_int,
-        default=None,
-        help="state dimension (SPDEs: grid points per axis)",
-    )
+    _model_arguments(twin)
     twin.add_argument(
         "--filters",
         default="etkf,letkf,enkf",
@@ -133,7 +125,229 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("file", help="a netCDF file written by `assimilax twin --out`")
     rep.add_argument("--out", default="report", help="output folder (default: report/)")
     rep.set_defaults(run=_run_report)
+
+    sensors = sub.add_parser(
+        "make-sensors",
+        help="write a demo sensor file (a twin experiment's observations, with gaps)",
+        description=(
+            "Write a netCDF sensor file in the layout `assimilax assimilate` reads: a truth "
+            "run observed at jittered (irregular) CF times by sensors at random positions "
+            "between grid points, each with its own error std, with gaps; the truth is "
+            "included for scoring."
+        ),
+    )
+    _model_arguments(sensors)
+    sensors.add_argument("--cycles", type=_positive_int, default=500, help="observation times")
+    sensors.add_argument(
+        "--sensors", type=_positive_int, default=None, help="number of sensors (default: dim)"
+    )
+    sensors.add_argument("--obs-interval", type=_positive_float, default=None)
+    sensors.add_argument("--obs-std", type=_positive_float, default=None)
+    sensors.add_argument(
+        "--missing", type=_fraction, default=0.1, help="fraction of values lost (default 0.1)"
+    )
+    sensors.add_argument(
+        "--jitter", type=_fraction, default=0.3, help="time jitter in intervals (default 0.3)"
+    )
+    sensors.add_argument("--seed", type=int, default=0)
+    sensors.add_argument("--out", required=True, help="the netCDF file to write")
+    sensors.set_defaults(run=_run_make_sensors)
+
+    assim = sub.add_parser(
+        "assimilate",
+        help="assimilate a sensor file with one filter; write the analyses",
+        description=(
+            "Assimilate the observations of a netCDF sensor file (CF time, sensor positions "
+            "or grid indices, NaN/_FillValue gaps, optional error std) with one filter, "
+            "starting from a climatological ensemble. Analyses are appended to --out as "
+            "they are produced; with --checkpoint-every the run can be stopped (Ctrl-C, "
+            "SIGTERM) and continued with --resume to the same result."
+        ),
+    )
+    _model_arguments(assim)
+    assim.add_argument("--obs", required=True, help="the netCDF sensor file")
+    assim.add_argument("--variable", default=None, help="observed variable (default: observations)")
+    assim.add_argument(
+        "--obs-std",
+        type=_positive_float,
+        default=None,
+        help="error std for files without one",
+    )
+    assim.add_argument(
+        "--time-unit",
+        default=None,
+        help="one model time unit, e.g. '6 hours' (default: the file's model_time_unit)",
+    )
+    assim.add_argument("--filter", default="letkf", help="etkf, letkf, enkf, pf, ensf or sf")
+    assim.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
+    assim.add_argument("--inflation", type=_positive_float, default=None)
+    assim.add_argument("--radius", type=_positive_float, default=None)
+    assim.add_argument("--out", required=True, help="netCDF file for the analyses")
+    assim.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="save a checkpoint every K cycles (and when interrupted)",
+    )
+    assim.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (default: OUT.checkpoint)"
+    )
+    assim.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    assim.add_argument("--seed", type=int, default=0)
+    assim.add_argument("--precision", default="float64", choices=["float32", "float64"])
+    assim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    assim.set_defaults(run=_run_assimilate)
     return parser
+
+
+def _model_arguments(parser) -> None:
+    parser.add_argument(
+        "--model",
+        default="lorenz96",
+        help="lorenz96 (default), lorenz63, ks, burgers, heat2d, ns2d",
+    )
+    parser.add_argument(
+        "--dim", type=_positive_int, default=None, help="state dimension (SPDEs: points per axis)"
+    )
+
+
+def _setup(args):
+    """The model setup, its dimension and dynamics from --model and --dim."""
+    from ._twin import get_model
+
+    setup = get_model(args.model)
+    dim = setup.default_dim if args.dim is None else args.dim
+    if setup.fixed_dim and dim != setup.default_dim:
+        raise ValueError(f"--dim: {setup.name} has dimension {setup.default_dim}; got {dim}.")
+    return setup, dim, setup.make_dynamics(dim)
+
+
+def _run_make_sensors(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.random as jr
+
+    from ._io import write_netcdf
+    from ._twin import make_sensors
+
+    setup, dim, dynamics = _setup(args)
+    ds = make_sensors(
+        setup,
+        dynamics,
+        key=jr.key(args.seed),
+        cycles=args.cycles,
+        sensors=dim if args.sensors is None else args.sensors,
+        obs_std=setup.obs_std if args.obs_std is None else args.obs_std,
+        obs_interval=args.obs_interval,
+        missing=args.missing,
+        jitter=args.jitter,
+    )
+    observed = float(np.isfinite(ds["observations"].values).mean())
+    print(
+        f"{setup.name} d={dim}: {ds.sizes['sensor']} sensors, {ds.sizes['time']} times "
+        f"({100 * observed:.0f}% of values present)",
+        file=sys.stderr,
+    )
+    print(write_netcdf(ds, args.out))
+    return 0
+
+
+def _run_assimilate(args) -> int:
+    import time
+
+    import jax
+
+    jax.config.update("jax_enable_x64", args.precision == "float64")
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from ._assimilate import assimilate
+    from ._ensemble import Ensemble
+    from ._io import describe, terminate_as_interrupt
+    from ._results import RESULTS
+    from ._streams import read_observations
+    from ._twin import climatology_states, domain_lengths, make_filter
+
+    setup, dim, dynamics = _setup(args)
+    # Everything is read and checked before anything is written.
+    data = read_observations(
+        args.obs,
+        dynamics.state_shape,
+        variable=args.variable,
+        lengths=domain_lengths(dynamics),
+        noise_std=args.obs_std,
+        units="1",
+        time_unit=args.time_unit,
+    )
+    series = data.series
+    members = setup.members if args.members is None else args.members
+    if members < 2:
+        raise ValueError(f"--members: need at least 2; got {members}.")
+    flt = make_filter(
+        args.filter.strip().lower(), setup, dim=dim, inflation=args.inflation, radius=args.radius
+    )
+    init_key, filter_key, run_key = jr.split(jr.key(args.seed), 3)
+    ensemble = Ensemble(climatology_states(setup, dynamics, members, key=init_key))
+    t0 = series.times[0] - setup.obs_interval
+    checkpoint = args.checkpoint or f"{args.out}.checkpoint"
+    attrs = {
+        "title": "assimilax analysis",
+        "source_file": str(args.obs),
+        "model": setup.name,
+        "dim": dim,
+        "filter": describe(flt),
+        "members": members,
+        "seed": args.seed,
+        "precision": args.precision,
+        "t0": float(t0),
+        **{f"time_{k}": v for k, v in data.time_encoding.items()},
+    }
+    print(
+        f"Assimilating {len(series)} records of {series.observation.obs_dim} sensors "
+        f"({100 * float(jnp.mean(series.mask)):.0f}% present) into {setup.name} d={dim} with "
+        f"{args.filter} N={members}{', resuming' if args.resume else ''}",
+        file=sys.stderr,
+    )
+    terminate_as_interrupt()
+    start = time.perf_counter()
+    sol = assimilate(
+        flt,
+        dynamics,
+        series,
+        flt.init(ensemble, key=filter_key),
+        key=run_key,
+        t0=t0,
+        truth=None if data.truth is None else jnp.asarray(data.truth, ensemble.members.dtype),
+        scores=False,
+        chunk_size=min(100, args.checkpoint_every or 100),
+        progress=not args.no_progress,
+        out=args.out,
+        out_attrs=attrs,
+        checkpoint=checkpoint if args.checkpoint_every or args.resume else None,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        throw=False,
+    )
+    seconds = time.perf_counter() - start
+    cycles = len(sol.times)
+    line = (
+        f"{cycles} cycles in {seconds:.1f} s ({cycles / seconds:.0f} cycles/s); "
+        f"mean analysis spread {float(jnp.mean(sol.analysis_spread)):.4f}"
+    )
+    if sol.rmse_analysis is not None:
+        burn = cycles // 10
+        line += (
+            f"; RMSE vs the file's truth after {burn} cycles: analysis "
+            f"{float(jnp.mean(sol.rmse_analysis[burn:])):.4f}, forecast "
+            f"{float(jnp.mean(sol.rmse_forecast[burn:])):.4f}"
+        )
+    print(line)
+    if sol.result != RESULTS.successful:
+        print(f"assimilax assimilate: the filter failed: {RESULTS[sol.result]}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def _run_report(args) -> int:
@@ -152,18 +366,9 @@ def _run_twin(args) -> int:
     import jax.random as jr
 
     from ._io import write_netcdf
-    from ._twin import (
-        get_model,
-        make_filter,
-        make_observation,
-        summarise,
-        twin_experiment,
-    )
+    from ._twin import make_filter, make_observation, summarise, twin_experiment
 
-    setup = get_model(args.model)
-    dim = setup.default_dim if args.dim is None else args.dim
-    if setup.fixed_dim and dim != setup.default_dim:
-        raise ValueError(f"--dim: {setup.name} has dimension {setup.default_dim}; got {dim}.")
+    setup, dim, dynamics = _setup(args)
     names = [n.strip().lower() for n in args.filters.split(",") if n.strip()]
     if not names:
         raise ValueError("--filters: name at least one filter.")
@@ -185,7 +390,6 @@ def _run_twin(args) -> int:
     burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
     if burn_in >= args.cycles:
         raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")
-    dynamics = setup.make_dynamics(dim)
     observe = setup.observe if args.observe is None else args.observe
     observation = make_observation(
         dynamics.state_shape, obs_std, observe, args.observation, seed=args.seed
@@ -253,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"assimilax {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"assimilax {args.command}: interrupted", file=sys.stderr)
+        hint = " (continue with --resume)" if getattr(args, "checkpoint_every", None) else ""
+        print(f"assimilax {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -6,7 +6,6 @@ tuned for them (`make_filter`), shared by the Python API, the CLI and the benchm
 
 import dataclasses
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -21,6 +20,7 @@ from jax import lax
 from ._assimilate import assimilate
 from ._custom_types import PRNGKeyArray
 from ._ensemble import Ensemble
+from ._io import describe
 from ._results import RESULTS
 from ._streams import ObservationSeries
 from .dynamics import (
@@ -75,6 +75,8 @@ class ModelSetup:
     expected: str
     observe: str = "all"
     init_length_scale: float | None = None
+    # One model time unit in physical time, for sensor files (Lorenz-96: 0.05 = 6 h).
+    time_unit: str = "1 day"
 
 
 def _lorenz96_x0(dim: int) -> np.ndarray:
@@ -97,6 +99,7 @@ MODELS: dict[str, ModelSetup] = {
         spinup_time=20.0,
         init_std=1.0,
         initial_state=_lorenz96_x0,
+        time_unit="5 days",
         filter_defaults={
             "etkf": {"inflation": 1.02},
             "letkf": {"inflation": 1.02, "radius": 4.0},
@@ -379,14 +382,6 @@ def _state_dims(state_shape):
     return ("x",) if len(state_shape) == 1 else tuple(f"x{i}" for i in range(len(state_shape)))
 
 
-def describe(module: eqx.Module) -> str:
-    """A one-line description of a filter (or any module) with its numeric settings."""
-    text = " ".join(eqx.tree_pformat(module, short_arrays=False).split())
-    # "Array(1.02, dtype=float64, weak_type=True)" -> "1.02"
-    text = re.sub(r"Array\(([^,()]+), dtype=[^)]*\)", r"\1", text)
-    return text.replace("( ", "(").replace(" )", ")")
-
-
 def twin_experiment(
     dynamics: AbstractDynamics,
     observation: AbstractObservation,
@@ -631,3 +626,128 @@ def summarise(ds: xr.Dataset) -> dict[str, dict[str, float]]:
         out[name] = {col: row[col] for col in SUMMARY_COLUMNS}
         out[name]["failed"] = bool(sel["failed"].values)
     return out
+
+
+# Sensor files -----------------------------------------------------------------------
+
+
+def domain_lengths(dynamics: AbstractDynamics) -> tuple[float, ...]:
+    """The domain length along each axis in model coordinates: the spectral grid's
+    length, or one unit per grid point (Lorenz-96: sites 0..d-1)."""
+    shape = tuple(dynamics.state_shape)
+    if isinstance(dynamics, AbstractSpectralSPDE):
+        return (float(dynamics.grid.length),) * len(shape)
+    return tuple(float(n) for n in shape)
+
+
+def climatology_states(
+    setup: ModelSetup, dynamics: AbstractDynamics, n: int, *, key: PRNGKeyArray
+) -> jax.Array:
+    """`(n, *state)` states that know nothing of any observation: drawn around the
+    model's initial state and each run for the spin-up time plus one, so they are
+    independent draws from the model's climate (the initial ensemble when no truth is
+    known)."""
+    dim = tuple(dynamics.state_shape)[0]
+    dtype = jnp.result_type(float)
+    x0 = jnp.asarray(setup.initial_state(dim), dtype)
+    pkey, rkey = jr.split(key)
+    starts = x0[None] + setup.init_std * jr.normal(pkey, (n, *x0.shape), dtype)
+    if setup.init_length_scale is not None:
+        spectrum = SpatialSpectrum(setup.init_std, setup.init_length_scale)
+        field = lambda k: gaussian_random_field(spectrum, dynamics.grid, key=k, dtype=dtype)
+        starts = x0[None] + jax.vmap(field)(jr.split(pkey, n))
+    run = eqx.filter_jit(
+        jax.vmap(lambda x, k: dynamics.step(x, 0.0, setup.spinup_time + 1.0, key=k))
+    )
+    return run(starts, jr.split(rkey, n))
+
+
+def make_sensors(
+    setup: ModelSetup,
+    dynamics: AbstractDynamics,
+    *,
+    key: PRNGKeyArray,
+    cycles: int,
+    sensors: int,
+    obs_std: float,
+    obs_interval: float | None = None,
+    missing: float = 0.1,
+    jitter: float = 0.3,
+    start: str = "2026-01-01 00:00:00",
+) -> xr.Dataset:
+    """A sensor file from a twin experiment, in the layout `read_observations` reads.
+
+    A truth run is observed at `cycles` irregular times (`obs_interval` apart, each
+    jittered by up to ±`jitter`/2 intervals) by `sensors` sensors at random positions
+    between grid points (linear interpolation), each with its own error std (`obs_std`
+    times 0.75–1.25). Every second sensor reports only at every second time, and a
+    fraction `missing` of the other values is lost: the file has gaps (`_FillValue`).
+    Times are CF (`hours since start`, model time unit `setup.time_unit`); positions in
+    model coordinates; the `truth` is included for scoring (filters never read it).
+    """
+    if cycles < 1 or sensors < 1:
+        raise ValueError(f"Need cycles >= 1 and sensors >= 1; got {cycles} and {sensors}.")
+    if not 0 <= missing < 1 or not 0 <= jitter < 1:
+        raise ValueError(f"Need 0 <= missing < 1 and 0 <= jitter < 1; got {missing}, {jitter}.")
+    if not obs_std > 0:
+        raise ValueError(f"`obs_std` must be positive; got {obs_std}.")
+    from ._streams import duration_seconds
+    from .observations import Interpolate
+
+    interval = setup.obs_interval if obs_interval is None else obs_interval
+    shape = tuple(dynamics.state_shape)
+    lengths = domain_lengths(dynamics)
+    dtype = jnp.result_type(float)
+    seed = int(jr.randint(key, (), 0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    positions = rng.uniform(0, 1, (sensors, len(shape))) * np.asarray(lengths)
+    std = obs_std * rng.uniform(0.75, 1.25, sensors)
+    operator = Interpolate(
+        shape, positions * np.asarray(shape) / np.asarray(lengths), noise_std=std
+    )
+    times = interval * (np.arange(1, cycles + 1) + jitter * rng.uniform(-0.5, 0.5, cycles))
+    # The truth: spun up from the model's initial state.
+    start_key, truth_key, obs_key = jr.split(jr.fold_in(key, 1), 3)
+    x0 = climatology_states(setup, dynamics, 1, key=start_key)[0]
+    truth = np.asarray(_truth_run(dynamics, x0, jnp.asarray(times, dtype), truth_key))
+    values = np.asarray(_synthetic_observations(operator, jnp.asarray(truth), obs_key))
+    gaps = rng.uniform(size=values.shape) < missing
+    gaps[1::2, 1::2] = True  # odd sensors report at even records only
+    values = np.where(gaps, np.nan, values)
+    hours = times * duration_seconds(setup.time_unit) / 3600.0
+    sdims = tuple(f"grid_{d}" for d in _state_dims(shape))  # x, y name sensor positions
+    ds = xr.Dataset(
+        {
+            "observations": (("time", "sensor"), values),
+            "observations_std": (("time", "sensor"), np.broadcast_to(std, values.shape).copy()),
+            "truth": (("time", *sdims), truth),
+        },
+        coords={"time": hours, "sensor": np.arange(sensors)},
+    )
+    names = ("x", "y", "z")[: len(shape)]
+    for axis, name in enumerate(names):
+        ds[name] = ("sensor", positions[:, axis])
+        ds[name].attrs.update(units="1", long_name=f"sensor position along axis {axis}")
+    ds["time"].attrs.update(
+        units=f"hours since {start}",
+        calendar="proleptic_gregorian",
+        model_time_unit=setup.time_unit,
+        standard_name="time",
+    )
+    ds["observations"].attrs.update(
+        long_name=f"{setup.name} state observed by sensors (linear interpolation)",
+        units="1",
+        ancillary_variables="observations_std",
+    )
+    ds["observations_std"].attrs.update(long_name="observation error standard deviation", units="1")
+    ds["truth"].attrs.update(long_name="true state (twin experiment; filters do not read it)")
+    ds.attrs.update(
+        title=f"assimilax synthetic sensor data: {setup.name}",
+        Conventions="CF-1.8",
+        model=setup.name,
+        dim=shape[0],
+        source="assimilax make-sensors",
+        domain_lengths=list(lengths),
+    )
+    ds["observations"].encoding["_FillValue"] = -9999.0
+    return ds

@@ -8,6 +8,7 @@ from .._covariance import (
     as_covariance as as_covariance,
 )
 from ._arctan import Arctan as Arctan
+from ._interpolate import Interpolate as Interpolate
 from ._linear import (
     Identity as Identity,
     LinearObservation as LinearObservation,
