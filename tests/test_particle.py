@@ -199,6 +199,7 @@ def _lorenz63_pf(members, cycles, seed):
     return ax.summarise(ds)["pf"]
 
 
+@pytest.mark.slow
 def test_lorenz63_particle_filter_1000():
     """Sakov (2012) setting, 1000 particles: DAPPER's PartFilt (N=800, reg 0.9, NER 0.2)
     reaches 0.28; we allow 15 % (0.322) plus 0.03 for this short run."""

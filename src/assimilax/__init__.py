@@ -17,6 +17,8 @@ from ._streams import (
     ObservationRecord as ObservationRecord,
     ObservationSeries as ObservationSeries,
     ObservationStream as ObservationStream,
+    SensorData as SensorData,
+    read_observations as read_observations,
 )
 from ._twin import (
     MODELS as MODELS,

@@ -440,4 +440,7 @@ def assimilate(
 
 
 def _key_data(key) -> list[int]:
-    return np.asarray(jr.key_data(key)).ravel().tolist()
+    """The key's bits (typed `jr.key` or raw `jr.PRNGKey`), to recognise it on resume."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jr.key_data(key)
+    return np.asarray(key).ravel().tolist()
