@@ -92,3 +92,31 @@ def test_spread_skill_ratio():
     assert metrics.spread_skill_ratio(spread, error, burn_in=1) == 0.5
     with pytest.raises(ValueError, match="burn_in"):
         metrics.time_average(spread, 4)
+
+
+def test_power_spectrum_parseval_and_shells(getkey):
+    from assimilax.metrics import power_spectrum
+
+    for shape in [(40,), (16, 24)]:
+        x = jr.normal(getkey(), shape)
+        assert np.isclose(power_spectrum(x).sum(), jnp.mean(x**2), rtol=1e-10)
+    grid = 2 * np.pi * np.arange(32) / 32
+    e = power_spectrum(jnp.asarray(np.sin(3 * grid)))
+    assert np.isclose(e[3], 0.5) and np.isclose(e.sum(), 0.5)
+    i, j = np.meshgrid(grid, grid, indexing="ij")
+    e2 = power_spectrum(jnp.asarray(np.cos(3 * i + 4 * j)))  # |k| = 5
+    assert np.isclose(e2[5], 0.5) and np.isclose(e2.sum(), 0.5)
+
+
+def test_spectral_error(getkey):
+    from assimilax.metrics import spectral_error
+
+    x = jr.normal(getkey(), (64,))
+    assert spectral_error(x, x) == 0
+    # Twice the amplitude at every scale: four times the energy, log10(4) per shell.
+    assert np.isclose(spectral_error(2 * x, x), np.log10(4.0), rtol=1e-6)
+    # A smoothed estimate loses small-scale energy; the RMSE barely sees it.
+    xh = jnp.fft.rfft(x)
+    smooth = jnp.fft.irfft(jnp.where(jnp.arange(33) < 8, xh, 0), n=64)
+    assert spectral_error(smooth, x) > 3
+    assert spectral_error(x + 0.1 * jr.normal(getkey(), (64,)), x) < 0.1

@@ -428,7 +428,7 @@ def _run_twin(args) -> int:
     scores = summarise(ds)
     print(
         f"{'filter':<8} {'rmse_a':>8} {'rmse_f':>8} {'spread_a':>9} {'crps_a':>8} "
-        f"{'cov90':>6} {'ess':>7} {'cycles/s':>9}"
+        f"{'spec_err':>8} {'cov90':>6} {'ess':>7} {'cycles/s':>9}"
     )
     for name in names:
         s = scores[name]
@@ -437,6 +437,7 @@ def _run_twin(args) -> int:
         print(
             f"{name:<8} {s['rmse_analysis']:>8.4f} {s['rmse_forecast']:>8.4f} "
             f"{s['spread_analysis']:>9.4f} {s['crps_analysis']:>8.4f} "
+            f"{s['spectral_error_analysis']:>8.4f} "
             f"{s['coverage_90']:>6.2f} {s['ess_analysis']:>7.1f} {rate:>9.0f}{flag}"
         )
     print(f"(time averages after {burn_in} burn-in cycles; cycles/s includes compilation)")

@@ -505,6 +505,7 @@ def twin_experiment(
             "crps_analysis": (("filter", "time"), score("crps")),
             "energy_score_analysis": (("filter", "time"), score("energy_score")),
             "coverage_analysis": (("filter", "time", "level"), score("coverage")),
+            "spectral_error_analysis": (("filter", "time"), score("spectral_error")),
             "rank_histogram": (
                 ("filter", "rank_bin"),
                 score("rank_counts")[:, burn_in:].sum(axis=1),
@@ -540,6 +541,8 @@ def twin_experiment(
         "crps_analysis": "CRPS of the analysis ensemble, mean over components",
         "energy_score_analysis": "energy score of the analysis ensemble (NaN: too large)",
         "coverage_analysis": "fraction of components inside the central interval",
+        "spectral_error_analysis": "RMS log10 ratio of the analysis mean's power spectrum "
+        "to the truth's over shells 1..n/3 (metrics.spectral_error)",
         "rank_histogram": "counts of the truth's rank (PIT bin) after burn-in",
         "level": "central interval probability",
         "rmse_analysis": "RMSE of the analysis mean against the truth",
@@ -593,6 +596,7 @@ SUMMARY_COLUMNS = (
     "spread_skill",
     "crps_analysis",
     "energy_score_analysis",
+    "spectral_error_analysis",
     *(f"coverage_{round(100 * level)}" for level in COVERAGE_LEVELS),
     "ess_analysis",
 )
@@ -607,13 +611,14 @@ def summarise(ds: xr.Dataset) -> dict[str, dict[str, float]]:
     for name in ds["filter"].values.tolist():
         sel = ds.sel(filter=name)
         row = {
-            var: float(time_average(sel[var].values, burn_in))
+            var: float(time_average(sel[var].values, burn_in)) if var in sel else math.nan
             for var in (
                 "rmse_analysis",
                 "rmse_forecast",
                 "spread_analysis",
                 "crps_analysis",
                 "energy_score_analysis",
+                "spectral_error_analysis",  # absent from older files
                 "ess_analysis",
             )
         }
