@@ -45,9 +45,7 @@ def main():
     dyn = setup.make_dynamics(args.dim)
     folder = Path(tempfile.mkdtemp())
     sensors = folder / "sensors.nc"
-    ds = make_sensors(
-        setup, dyn, key=jr.key(0), cycles=args.cycles, sensors=args.dim, obs_std=1.0
-    )
+    ds = make_sensors(setup, dyn, key=jr.key(0), cycles=args.cycles, sensors=args.dim, obs_std=1.0)
     write_netcdf(ds, sensors)
     start = time.perf_counter()
     data = read_observations(sensors, dyn.state_shape, lengths=domain_lengths(dyn))

@@ -261,3 +261,34 @@ def test_bad_input():
         dm.euler_maruyama(dm.VPSDE(), lambda x, t: x, jnp.zeros(3), key=jr.key(0))
     with pytest.raises(ValueError, match="cond"):
         dm.MLPScore(2, cond_dim=1, key=jr.key(0))(jnp.zeros(2), 0.5)
+
+
+class _Zero(eqx.Module):
+    """A network that predicts no residual (and has one trainable weight)."""
+
+    w: jax.Array
+
+    def __call__(self, x, t, cond=None):
+        return self.w * jnp.zeros_like(x)
+
+
+def test_gaussian_residual_is_exact_for_gaussian_data(getkey):
+    """With a zero residual, `GaussianResidual` is the exact score of N(0, C) under
+    the SDE, `-(alpha^2 C + sigma^2 I)^-1 x`; training never changes its basis."""
+    d = 6
+    a = jr.normal(getkey(), (d, d))
+    cov = a @ a.T / d + 0.1 * jnp.eye(d)
+    sde = dm.VPSDE()
+    net = dm.GaussianResidual(_Zero(jnp.ones(())), sde, cov)
+    x = jr.normal(getkey(), (d,))
+    for t in (0.01, 0.3, 1.0):
+        t = jnp.asarray(t)
+        al, s = sde.alpha(t), sde.sigma(t)
+        exact = -jnp.linalg.solve(al**2 * cov + s**2 * jnp.eye(d), x)
+        assert np.allclose(dm.score_function(net, sde)(x, t), exact, rtol=1e-8)
+    data = jr.multivariate_normal(getkey(), jnp.zeros(d), cov, (500,))
+    inner = dm.MLPScore(d, 16, 1, key=getkey())
+    with jax.numpy_dtype_promotion("standard"):
+        result = dm.fit(dm.GaussianResidual(inner, sde, cov), data, sde=sde, key=getkey(), steps=20)
+    assert np.array_equal(result.network.basis, net.basis)
+    assert np.array_equal(result.network.variances, net.variances)

@@ -10,6 +10,7 @@ from ._guidance import (
 )
 from ._networks import (
     FiLM as FiLM,
+    GaussianResidual as GaussianResidual,
     MLPScore as MLPScore,
     UNetScore as UNetScore,
     score_function as score_function,

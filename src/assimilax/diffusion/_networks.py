@@ -102,6 +102,41 @@ class MLPScore(eqx.Module):
         return self.out(jax.nn.silu(h))
 
 
+class GaussianResidual(eqx.Module):
+    r"""A noise predictor that is exact for a Gaussian prior $N(0, C)$ and learns only
+    the departure from it: $\varepsilon(x, t) = \sigma\, U \operatorname{diag}(1 /
+    (\alpha^2\lambda + \sigma^2))\, U^T x + \varepsilon_\theta(x, t)$, with $C = U
+    \operatorname{diag}(\lambda) U^T$ (the data's covariance) and $\varepsilon_\theta$ any
+    network. The Gaussian part is the exact answer for Gaussian data, so a network that
+    errs only adds a small residual error; on its own, an MLP on a 128-dimensional state
+    learns the near-linear noise map badly enough that reverse-time samples drift off
+    (measured: sample std 17 instead of 1 on standard-normal data; 1.0 with this
+    wrapper). Like EDM's preconditioning (Karras et al. 2022), with the data's
+    covariance in place of a scalar. `U` and `lambda` are not trained (no gradient).
+
+    **Arguments:** `network` (e.g. `MLPScore`), `sde`, `covariance` `(d, d)` of the
+    (standardised) data.
+    """
+
+    network: eqx.Module
+    sde: AbstractSDE
+    basis: Float[Array, "d d"]
+    variances: Float[Array, " d"]
+
+    def __init__(self, network, sde: AbstractSDE, covariance):
+        covariance = jnp.asarray(covariance)
+        variances, basis = jnp.linalg.eigh(0.5 * (covariance + covariance.T))
+        self.network, self.sde = network, sde
+        self.basis, self.variances = basis, jnp.maximum(variances, 0)
+
+    def __call__(self, x, t, cond=None):
+        basis = jax.lax.stop_gradient(self.basis).astype(x.dtype)
+        variances = jax.lax.stop_gradient(self.variances).astype(x.dtype)
+        a, s = self.sde.alpha(t).astype(x.dtype), self.sde.sigma(t).astype(x.dtype)
+        gaussian = s * (basis @ ((basis.T @ x) / (a**2 * variances + s**2)))
+        return gaussian + self.network(x, t, cond)
+
+
 def _conv(nd, cin, cout, padding_mode, *, key, stride=1):
     return eqx.nn.Conv(
         nd, cin, cout, 3, stride=stride, padding=1, padding_mode=padding_mode, key=key

@@ -203,7 +203,8 @@ class ScoreFilter(AbstractEnsembleFilter):
     Build it with `ScoreFilter.pretrain(...)` (a network trained on a long free run of the
     model) or from your own trained network.
 
-    **Arguments:** `network` (an `MLPScore` on flat states), `sde`, `loc`, `scale`,
+    **Arguments:** `network` (a noise predictor `(x, t) -> eps` on flat states;
+    `pretrain` builds a `GaussianResidual` around an `MLPScore`), `sde`, `loc`, `scale`,
     `guidance` ('damped' (default, $h(t) = 1 - t$), 'dps' or 'sda'), `steps` (reverse
     SDE steps, 100), `finetune_steps` (20), `batch_size` (fine-tuning mini-batch, 64),
     `learning_rate` (1e-3), `inflation`.
@@ -269,13 +270,22 @@ class ScoreFilter(AbstractEnsembleFilter):
         width: int = 128,
         depth: int = 3,
         sde: AbstractSDE | None = None,
+        gaussian_residual: bool = False,
         progress: bool = False,
         **options,
     ) -> "ScoreFilter":
         """Train the prior on the model's climatology: a free run of `samples` states
         `interval` apart after `spinup` from `x0`, standardised, then `train_steps` of
-        denoising score matching (`diffusion.fit`, the EMA weights are kept)."""
-        from ..diffusion import VPSDE, MLPScore, fit
+        denoising score matching (`diffusion.fit`, the EMA weights are kept).
+
+        With `gaussian_residual=True` the `MLPScore` learns only the departure from the
+        climatology's Gaussian (`diffusion.GaussianResidual`). Measured (issue 6): on
+        Kuramoto–Sivashinsky (d=128) a bare MLP's reverse diffusion drifts off and the
+        filter fails (NaN) while the residual form tracks (RMSE 0.37); on Lorenz-96
+        (d=40) the bare MLP tracks for 1000 cycles (0.52) while the residual form blows
+        up abruptly at cycle 600 (RMSE below 0.96 until then), so the default stays off
+        and the model presets choose."""
+        from ..diffusion import VPSDE, GaussianResidual, MLPScore, fit
 
         x0 = jnp.asarray(x0)
         if x0.ndim != 1:
@@ -295,7 +305,10 @@ class ScoreFilter(AbstractEnsembleFilter):
 
         data = climatology(dynamics, x0, run_key)
         loc, scale = jnp.mean(data, axis=0), jnp.std(data)
+        data = (data - loc[None]) / scale
         network = MLPScore(x0.shape[0], width, depth, key=net_key)
+        if gaussian_residual:
+            network = GaussianResidual(network, sde, jnp.cov(data.T))
         network = jax.tree.map(
             lambda a: a.astype(x0.dtype) if eqx.is_inexact_array(a) else a, network
         )
@@ -303,7 +316,7 @@ class ScoreFilter(AbstractEnsembleFilter):
         # of e^-10 (a fixed 0.999 would keep 37 % of them after 1000 steps).
         result = fit(
             network,
-            (data - loc[None]) / scale,
+            data,
             sde=sde,
             key=fit_key,
             steps=train_steps,
