@@ -415,6 +415,10 @@ def assimilate(
         if checkpoint is not None and done > saved:
             save()
     if not outputs:
+        if start > 0:
+            raise ValueError(
+                f"Nothing left to assimilate: the checkpoint already covers all {start} records."
+            )
         raise ValueError("`observations` holds no records to assimilate.")
     out = jtu.tree_map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *outputs)
     if throw and is_concrete(result._value) and result != RESULTS.successful:
