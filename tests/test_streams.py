@@ -482,3 +482,27 @@ def test_cli_sigterm_then_resume(tmp_path, sensor_file):
     assert a.sizes["time"] == 2000
     for name in b.data_vars:
         assert np.array_equal(a[name].values, b[name].values), name
+
+
+def test_resume_refuses_other_observations(sensors, getkey, tmp_path):
+    dyn, series, ens = sensors
+    key, ckpt = getkey(), tmp_path / "c.ckpt"
+    run = dict(key=key, checkpoint=ckpt, checkpoint_every=5)
+    ax.assimilate(ETKF(), dyn, series[:10], ens, **run)
+    changed = ax.ObservationSeries(
+        series.observation,
+        series.times,
+        series.values.at[3, 0].add(0.5),
+        series.mask,
+        series.noise_std,
+    )
+    with pytest.raises(ValueError, match="first 10 records of `observations` differ"):
+        ax.assimilate(ETKF(), dyn, changed, ens, resume=True, **run)
+    stream = ax.ObservationStream(changed.observation, changed.records())
+    with pytest.raises(ValueError, match="differ"):
+        ax.assimilate(ETKF(), dyn, stream, ens, resume=True, **run)
+    # The same records, as a stream this time: accepted, and equal to the series run.
+    stream = ax.ObservationStream(series.observation, series.records())
+    resumed = ax.assimilate(ETKF(), dyn, stream, ens, resume=True, **run)
+    whole = ax.assimilate(ETKF(), dyn, series, ens, key=key)
+    assert np.allclose(resumed.analysis_mean, whole.analysis_mean[10:], rtol=1e-12, atol=1e-12)

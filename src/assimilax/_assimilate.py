@@ -1,5 +1,6 @@
 """The cycle loop: forecast, update, diagnostics, as one `lax.scan`."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -133,16 +134,35 @@ def _series_chunks(series: ObservationSeries, truth, start: int, size: int):
         yield lo, series[lo:hi], None if truth is None else truth[lo:hi]
 
 
-def _stream_chunks(stream: ObservationStream, start: int, size: int):
+def _digest(digest, series: ObservationSeries) -> None:
+    """Add the records of `series` to a running hash, record by record (so the hash
+    does not depend on how the records were chunked)."""
+    fields = [np.asarray(series.times), np.asarray(series.values), np.asarray(series.mask)]
+    if series.noise_std is not None:
+        fields.append(np.asarray(series.noise_std))
+    for i in range(len(series)):
+        for field in fields:
+            digest.update(np.ascontiguousarray(field[i]).tobytes())
+
+
+def _stream_chunks(stream: ObservationStream, start: int, size: int, digest):
     """`(first record, chunk, None)` of a stream, `size` records at a time; the first
-    `start` records (already assimilated before a resume) are skipped."""
+    `start` records (already assimilated before a resume) are skipped, hashed into
+    `digest` to check that they are the records the checkpoint saw."""
     records = iter(stream.records)
+    skipped = []
     for i in range(start):
-        if next(records, None) is None:
+        record = next(records, None)
+        if record is None:
             raise ValueError(
                 f"The stream ended after {i} records, but the checkpoint has assimilated "
                 f"{start}: resume with the same stream."
             )
+        skipped.append(record)
+        if len(skipped) == 1000 or i == start - 1:
+            _digest(digest, batch_records(stream.observation, skipped, i + 1 - len(skipped)))
+            skipped = []
+    yield None  # the skipped records are hashed: the caller can check them
     lo, buffer = start, []
     for record in records:
         buffer.append(record)
@@ -348,10 +368,19 @@ def assimilate(
                 writer.truncate(start)
     elif checkpoint is not None:  # a stale checkpoint must not be resumed by mistake
         Path(checkpoint).unlink(missing_ok=True)
+    # A running hash of the records assimilated: a resume must see the same ones.
+    digest = hashlib.sha256()
     if is_stream:
-        chunks = _stream_chunks(observations, start, chunk_size)
+        chunks = _stream_chunks(observations, start, chunk_size, digest)
+        next(chunks)
     else:
+        _digest(digest, observations[:start])
         chunks = _series_chunks(observations, truth, start, chunk_size)
+    if resume and digest.hexdigest() != meta.get("records_sha256"):
+        raise ValueError(
+            f"The first {start} records of `observations` differ from those the checkpoint "
+            f"{str(checkpoint)!r} assimilated; resume with the same observations."
+        )
 
     # The loop, chunk by chunk -------------------------------------------------------
     bar = None
@@ -361,11 +390,16 @@ def assimilate(
         total = None if is_stream else k - start
         bar = tqdm(total=total, unit="cycle", desc=type(filter).__name__, leave=False)
     outputs = []
-    done, saved = start, start
+    saved = start
+
+    # Everything a checkpoint needs, replaced in one assignment after each chunk (an
+    # interrupt can never see half of it).
+    state = (belief, result, t_start, digest, start)
 
     def save():
-        tree = (belief, t_start, result)
-        save_checkpoint(checkpoint, tree, dict(run_id, records=done, out=str(out or "")))
+        belief, result, t_start, digest, done = state
+        meta = dict(run_id, records=done, records_sha256=digest.hexdigest(), out=str(out or ""))
+        save_checkpoint(checkpoint, (belief, t_start, result), meta)
 
     try:
         for lo, chunk, truth_chunk in chunks:
@@ -389,6 +423,8 @@ def assimilate(
                 scores,
             )
             chunk_out["times"] = chunk.times
+            chunk_digest = digest.copy()
+            _digest(chunk_digest, chunk)
             if writer is not None:
                 chunk_out = jax.device_get(chunk_out)
                 if lo == 0:
@@ -400,8 +436,9 @@ def assimilate(
                         if n == "times" or n in _OUTPUT_DOCS
                     }
                 )
-            belief, result, t_start = new_belief, new_result, chunk.times[-1]
             done = lo + len(chunk)
+            state = (new_belief, new_result, chunk.times[-1], chunk_digest, done)
+            belief, result, t_start, digest, done = state
             outputs.append(chunk_out)
             every = checkpoint_every
             if every is not None and done // every > saved // every:
@@ -412,7 +449,7 @@ def assimilate(
     finally:
         if bar is not None:
             bar.close()
-        if checkpoint is not None and done > saved:
+        if checkpoint is not None and state[-1] > saved:
             save()
     if not outputs:
         if start > 0:
