@@ -219,7 +219,7 @@ def test_stochastic_enkf_converges_to_kalman(getkey):
             mean_err = jnp.sum((post.mean() - kf_post.loc) ** 2)
             return mean_err, jnp.sum((post.covariance() - kf_post.covariance_matrix) ** 2)
 
-        mean_err, cov_err = jax.vmap(err)(jr.split(getkey(), 100))
+        mean_err, cov_err = jax.jit(jax.vmap(err))(jr.split(getkey(), 100))
         assert jnp.max(mean_err) < 1e-20
         errors.append(float(jnp.sqrt(jnp.mean(cov_err))))
     slope = np.polyfit(np.log(sizes), np.log(errors), 1)[0]

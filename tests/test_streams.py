@@ -436,7 +436,7 @@ def test_cli_sigterm_then_resume(tmp_path, sensor_file):
                 "--dim",
                 str(D),
                 "--cycles",
-                "2000",
+                "1000",
                 "--sensors",
                 "6",
                 "--out",
@@ -454,7 +454,7 @@ def test_cli_sigterm_then_resume(tmp_path, sensor_file):
         "--filter",
         "etkf",
         "--checkpoint-every",
-        "20",
+        "10",
         "--no-progress",
     ]
     out, ckpt = tmp_path / "killed.nc", tmp_path / "killed.nc.checkpoint"
@@ -475,11 +475,11 @@ def test_cli_sigterm_then_resume(tmp_path, sensor_file):
     assert proc.returncode == 130, err
     assert "interrupted (continue with --resume)" in err
     done = ax.read_netcdf(out).sizes["time"]
-    assert 0 < done < 2000
+    assert 0 < done < 1000
     assert main([*common, "--out", str(out), "--resume"]) == 0
     assert main([*common, "--out", str(tmp_path / "whole.nc")]) == 0
     a, b = ax.read_netcdf(out), ax.read_netcdf(tmp_path / "whole.nc")
-    assert a.sizes["time"] == 2000
+    assert a.sizes["time"] == 1000
     for name in b.data_vars:
         assert np.array_equal(a[name].values, b[name].values), name
 
