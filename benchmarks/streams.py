@@ -56,51 +56,33 @@ def main():
     belief0 = flt.init(ens, key=jr.key(2))
     t0 = float(series.times[0]) - setup.obs_interval
 
-    def batch():
-        return ax.assimilate(flt, dyn, series, belief0, key=jr.key(3), t0=t0)
+    def mode(stream: bool, chunk_size=None, files: str | None = None):
+        """A run over the series or a stream of its records, optionally with an output
+        file and a checkpoint every 100 records."""
 
-    def chunks_with_files():
-        return ax.assimilate(
-            flt,
-            dyn,
-            series,
-            belief0,
-            key=jr.key(3),
-            t0=t0,
-            out=folder / "out.nc",
-            checkpoint=folder / "out.ckpt",
-            checkpoint_every=100,
-        )
-
-    def stream(chunk_size):
         def run():
-            source = ax.ObservationStream(series.observation, series.records())
+            source = series
+            if stream:
+                source = ax.ObservationStream(series.observation, series.records())
+            extra = {}
+            if files:
+                extra = dict(
+                    out=folder / f"{files}.nc",
+                    checkpoint=folder / f"{files}.ckpt",
+                    checkpoint_every=100,
+                )
             return ax.assimilate(
-                flt, dyn, source, belief0, key=jr.key(3), t0=t0, chunk_size=chunk_size
+                flt, dyn, source, belief0, key=jr.key(3), t0=t0, chunk_size=chunk_size, **extra
             )
 
         return run
 
-    def stream_with_files():
-        source = ax.ObservationStream(series.observation, series.records())
-        return ax.assimilate(
-            flt,
-            dyn,
-            source,
-            belief0,
-            key=jr.key(3),
-            t0=t0,
-            out=folder / "stream.nc",
-            checkpoint=folder / "stream.ckpt",
-            checkpoint_every=100,
-        )
-
     modes = [
-        ("batch: one scan", batch),
-        ("series, chunks of 100, output file + checkpoint every 100", chunks_with_files),
-        ("stream, 1 record per call", stream(1)),
-        ("stream, 10 records per call", stream(10)),
-        ("stream, 1 record per call, output file + checkpoint/100", stream_with_files),
+        ("batch: one scan", mode(False)),
+        ("series, chunks of 100, output file + checkpoint every 100", mode(False, 100, "series")),
+        ("stream, 1 record per call", mode(True, 1)),
+        ("stream, 10 records per call", mode(True, 10)),
+        ("stream, 1 record per call, output file + checkpoint/100", mode(True, 1, "stream")),
     ]
     print(
         f"\nLorenz-96 d={args.dim}, {args.dim} off-grid sensors, {args.cycles} records, "
