@@ -229,7 +229,8 @@ def test_film_conditional_network_generalises(getkey):
         assert np.allclose(out.mean(0), [value, -2 * value], atol=0.1), (value, out.mean(0))
 
 
-@pytest.mark.parametrize("shape", [(32,), (8, 8)])
+# The 2-D network compiles slowly (~17 s): in the slow suite.
+@pytest.mark.parametrize("shape", [(32,), pytest.param((8, 8), marks=pytest.mark.slow)])
 def test_unet_shapes_and_periodic_equivariance(shape, getkey):
     """The periodic U-Net maps a field to a field, and commutes with circular shifts
     by a multiple of its downsampling factor."""

@@ -13,8 +13,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch):
-    monkeypatch.setenv("ASSIMILAX_NOTEBOOK_CYCLES", "120")
-    monkeypatch.setenv("ASSIMILAX_NOTEBOOK_TRAIN_STEPS", "500")
+    monkeypatch.setenv("ASSIMILAX_NOTEBOOK_CYCLES", "80")
+    monkeypatch.setenv("ASSIMILAX_NOTEBOOK_TRAIN_STEPS", "300")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace = runpy.run_path(os.fspath(path), run_name="__main__")
     assert namespace["scores"]  # the notebook's own assertions ran

@@ -71,7 +71,10 @@ def _kalman_means(dyn, obs, ys, m0, p0):
     return belief.loc, belief.covariance_matrix
 
 
-@pytest.mark.parametrize("flt", [BootstrapFilter(threshold=0.5), OptimalProposalFilter()])
+@pytest.mark.parametrize(
+    "flt",
+    [BootstrapFilter(threshold=0.5), pytest.param(OptimalProposalFilter(), marks=pytest.mark.slow)],
+)
 def test_particle_filter_converges_to_kalman(flt, getkey):
     """The error of the particle mean shrinks like n^(-1/2) (slope fitted over
     n = 100..6400, 16 independent runs each)."""

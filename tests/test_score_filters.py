@@ -94,6 +94,7 @@ def _lorenz96_twin(*names):
     )
 
 
+@pytest.mark.slow
 def test_lorenz96_ensf_tracks_for_1000_cycles_next_to_etkf():
     """Lorenz-96 d=40, all observed (unit noise) every 0.05, N=20, 1000 cycles: with
     the tuned defaults (likelihood_scale 10, t_min 0.01) the EnSF keeps track (measured
