@@ -88,10 +88,7 @@ def _spde():
         cycles=cycles,
         obs_interval=1.0,
         burn_in=50,
-        x0=setup.initial_state(128),
-        spinup_time=setup.spinup_time,
-        init_std=setup.init_std,
-        init_length_scale=setup.init_length_scale,
+        **setup.start(128),
     )
     print(
         "\nKuramoto-Sivashinsky L=32π, 128 points, every 4th observed (noise 0.3) every 1.0, "

@@ -198,10 +198,7 @@ def main():
                 cycles=cycles,
                 obs_interval=setup.obs_interval,
                 burn_in=cycles // 4,
-                x0=setup.initial_state(setup.default_dim),
-                spinup_time=setup.spinup_time,
-                init_std=setup.init_std,
-                init_length_scale=setup.init_length_scale,
+                **setup.start(setup.default_dim),
             )
             s = summarise(ds)["letkf"]
             per_cycle = float(ds["wall_seconds"].sel(filter="letkf")) / cycles

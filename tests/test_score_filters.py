@@ -199,10 +199,7 @@ def test_kuramoto_sivashinsky_score_filters_and_letkf():
         cycles=200,
         obs_interval=1.0,
         burn_in=50,
-        x0=setup.initial_state(128),
-        spinup_time=setup.spinup_time,
-        init_std=setup.init_std,
-        init_length_scale=setup.init_length_scale,
+        **setup.start(128),
     )
     s = ax.summarise(ds)
     assert not any(row["failed"] for row in s.values()), s

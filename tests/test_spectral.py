@@ -381,10 +381,7 @@ def test_letkf_tracks_kuramoto_sivashinsky_with_sparse_sensors():
         cycles=100,
         obs_interval=setup.obs_interval,
         burn_in=30,
-        x0=setup.initial_state(128),
-        spinup_time=setup.spinup_time,
-        init_std=setup.init_std,
-        init_length_scale=setup.init_length_scale,
+        **setup.start(128),
     )
     s = ax.summarise(ds)["letkf"]
     assert ds["observations"].shape == (100, 32) and not s["failed"]

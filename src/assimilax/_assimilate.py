@@ -145,11 +145,9 @@ def _digest(digest, series: ObservationSeries) -> None:
             digest.update(np.ascontiguousarray(field[i]).tobytes())
 
 
-def _stream_chunks(stream: ObservationStream, start: int, size: int, digest):
-    """`(first record, chunk, None)` of a stream, `size` records at a time; the first
-    `start` records (already assimilated before a resume) are skipped, hashed into
-    `digest` to check that they are the records the checkpoint saw."""
-    records = iter(stream.records)
+def _skip_records(stream: ObservationStream, records, start: int, digest) -> None:
+    """Consume the first `start` records of `records` (assimilated before a resume),
+    hashing them into `digest` to check that they are the records the checkpoint saw."""
     skipped = []
     for i in range(start):
         record = next(records, None)
@@ -162,7 +160,10 @@ def _stream_chunks(stream: ObservationStream, start: int, size: int, digest):
         if len(skipped) == 1000 or i == start - 1:
             _digest(digest, batch_records(stream.observation, skipped, i + 1 - len(skipped)))
             skipped = []
-    yield None  # the skipped records are hashed: the caller can check them
+
+
+def _stream_chunks(stream: ObservationStream, records, start: int, size: int):
+    """`(first record, chunk, None)` of the rest of a stream, `size` records at a time."""
     lo, buffer = start, []
     for record in records:
         buffer.append(record)
@@ -371,8 +372,9 @@ def assimilate(
     # A running hash of the records assimilated: a resume must see the same ones.
     digest = hashlib.sha256()
     if is_stream:
-        chunks = _stream_chunks(observations, start, chunk_size, digest)
-        next(chunks)
+        records = iter(observations.records)
+        _skip_records(observations, records, start, digest)
+        chunks = _stream_chunks(observations, records, start, chunk_size)
     else:
         _digest(digest, observations[:start])
         chunks = _series_chunks(observations, truth, start, chunk_size)

@@ -418,10 +418,7 @@ def _run_twin(args) -> int:
         cycles=args.cycles,
         obs_interval=obs_interval,
         burn_in=burn_in,
-        x0=setup.initial_state(dim),
-        spinup_time=setup.spinup_time,
-        init_std=setup.init_std,
-        init_length_scale=setup.init_length_scale,
+        **setup.start(dim),
         progress=not args.no_progress,
         attrs=settings,
     )

@@ -78,6 +78,16 @@ class ModelSetup:
     # One model time unit in physical time, for sensor files (Lorenz-96: 0.05 = 6 h).
     time_unit: str = "1 day"
 
+    def start(self, dim: int) -> dict:
+        """The `twin_experiment` keywords that start a run of this model at dimension
+        `dim`: `x0`, `spinup_time`, `init_std`, `init_length_scale`."""
+        return dict(
+            x0=self.initial_state(dim),
+            spinup_time=self.spinup_time,
+            init_std=self.init_std,
+            init_length_scale=self.init_length_scale,
+        )
+
 
 def _lorenz96_x0(dim: int) -> np.ndarray:
     x = np.full(dim, 8.0)
