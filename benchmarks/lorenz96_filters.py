@@ -25,8 +25,7 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import assimilax as ax  # noqa: E402
-from assimilax._io import describe  # noqa: E402
-from assimilax._twin import _synthetic_observations, _truth_run  # noqa: E402
+from assimilax import describe  # noqa: E402
 
 
 def main():
@@ -42,12 +41,10 @@ def main():
     dyn = setup.make_dynamics(d)
     obs = ax.make_observation(d, setup.obs_std)
     key = jr.key(0)
-    k0, k1, k2, k3, k4 = jr.split(key, 5)
+    k0, k1, k3, k4 = jr.split(key, 4)
     x0 = dyn.step(setup.initial_state(d) + jr.normal(k0, (d,)), 0.0, setup.spinup_time, key=k0)
     times = setup.obs_interval * np.arange(1, args.cycles + 1, dtype=np.float64)
-    truth = _truth_run(dyn, x0, jax.numpy.asarray(times), k1)
-    y = _synthetic_observations(obs, truth, k2)
-    series = ax.ObservationSeries(obs, times, y)
+    truth, series = ax.simulate(dyn, obs, x0, times, key=k1)
     ens = ax.Ensemble(x0[None] + jr.normal(k3, (n, d)))
 
     print(

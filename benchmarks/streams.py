@@ -21,9 +21,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.random as jr  # noqa: E402
 
 import assimilax as ax  # noqa: E402
-from assimilax._io import write_netcdf  # noqa: E402
-from assimilax._streams import read_observations  # noqa: E402
-from assimilax._twin import (  # noqa: E402
+from assimilax import read_observations, write_netcdf  # noqa: E402
+from assimilax.experiments import (  # noqa: E402
     climatology_states,
     domain_lengths,
     get_model,
@@ -64,15 +63,14 @@ def main():
             source = series
             if stream:
                 source = ax.ObservationStream(series.observation, series.records())
-            extra = {}
+            sinks = []
             if files:
-                extra = dict(
-                    out=folder / f"{files}.nc",
-                    checkpoint=folder / f"{files}.ckpt",
-                    checkpoint_every=100,
-                )
-            return ax.assimilate(
-                flt, dyn, source, belief0, key=jr.key(3), t0=t0, chunk_size=chunk_size, **extra
+                sinks = [
+                    ax.NetCDFOutput(folder / f"{files}.nc"),
+                    ax.Checkpoint(folder / f"{files}.ckpt", every=100),
+                ]
+            return ax.assimilate_stream(
+                flt, dyn, source, belief0, key=jr.key(3), t0=t0, chunk_size=chunk_size, sinks=sinks
             )
 
         return run

@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import assimilax as ax  # noqa: E402
-from assimilax._twin import climatology_states, domain_lengths, make_sensors  # noqa: E402
+from assimilax.experiments import climatology_states, domain_lengths, make_sensors  # noqa: E402
 
 
 CYCLES = int(os.environ.get("ASSIMILAX_NOTEBOOK_CYCLES", "600"))
@@ -86,7 +86,9 @@ belief0 = flt.init(ensemble, key=jr.key(2))
 t0 = float(series.times[0]) - setup.obs_interval
 run = dict(key=jr.key(3), t0=t0)
 feed = ax.ObservationStream(series.observation, series.records())
-whole = ax.assimilate(flt, model, feed, belief0, out=folder / "whole.nc", **run)
+whole = ax.assimilate_stream(
+    flt, model, feed, belief0, sinks=[ax.NetCDFOutput(folder / "whole.nc")], **run
+)
 
 
 def broken_feed(records, after):
@@ -97,26 +99,15 @@ def broken_feed(records, after):
 
 
 stream = ax.ObservationStream(series.observation, broken_feed(series.records(), CYCLES // 2))
-out, checkpoint = folder / "run.nc", folder / "run.checkpoint"
+out = folder / "run.nc"
+sinks = lambda: [ax.NetCDFOutput(out), ax.Checkpoint(folder / "run.checkpoint", every=50)]
 try:
-    ax.assimilate(
-        flt, model, stream, belief0, out=out, checkpoint=checkpoint, checkpoint_every=50, **run
-    )
+    ax.assimilate_stream(flt, model, stream, belief0, sinks=sinks(), **run)
 except ConnectionError as e:
     print(f"stopped: {e}; {ax.read_netcdf(out).sizes['time']} cycles are in {out.name}")
 
 stream = ax.ObservationStream(series.observation, series.records())
-ax.assimilate(
-    flt,
-    model,
-    stream,
-    belief0,
-    out=out,
-    checkpoint=checkpoint,
-    checkpoint_every=50,
-    resume=True,
-    **run,
-)
+ax.assimilate_stream(flt, model, stream, belief0, sinks=sinks(), resume=True, **run)
 resumed, reference = ax.read_netcdf(out), ax.read_netcdf(folder / "whole.nc")
 same = np.array_equal(resumed["analysis_mean"].values, reference["analysis_mean"].values)
 print("resumed run identical to the uninterrupted one:", same)

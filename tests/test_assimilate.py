@@ -49,7 +49,9 @@ def test_chunked_equals_whole_and_seed_determinism(problem, getkey):
     dyn, series, ens, truth = problem
     key = getkey()
     whole = ax.assimilate(ETKF(rotate=True), dyn, series, ens, key=key, truth=truth)
-    chunked = ax.assimilate(ETKF(rotate=True), dyn, series, ens, key=key, truth=truth, chunk_size=5)
+    chunked = ax.assimilate_stream(
+        ETKF(rotate=True), dyn, series, ens, key=key, truth=truth, chunk_size=5
+    )
     assert tree_allclose(whole, chunked, rtol=0, atol=0)
     other = ax.assimilate(ETKF(rotate=True), dyn, series, ens, key=getkey(), truth=truth)
     assert not np.allclose(whole.analysis_mean, other.analysis_mean)
@@ -111,7 +113,11 @@ def test_bad_input(problem, getkey, change, match):
     kwargs = dict(filter=ETKF(), dynamics=dyn, observations=series, belief0=ens, key=getkey())
     kwargs.update(change(dyn, series, ens))
     with pytest.raises((ValueError, TypeError), match=match):
-        ax.assimilate(**kwargs)
+        ax.assimilate_stream(**kwargs)
+    if "chunk_size" not in kwargs:  # the pure loop makes the same checks
+        kwargs["series"] = kwargs.pop("observations")
+        with pytest.raises((ValueError, TypeError), match=match):
+            ax.assimilate(**kwargs)
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,25 @@ import pytest
 import xarray as xr
 
 import assimilax as ax
+from assimilax import read_observations, write_netcdf
 from assimilax._cli import main
-from assimilax._io import write_netcdf
-from assimilax._streams import read_observations
-from assimilax._twin import get_model, make_sensors
+from assimilax._sinks import AppendableNetCDF
 from assimilax.dynamics import Lorenz96
+from assimilax.experiments import get_model, make_sensors
 from assimilax.filters import ETKF, LETKF
 from assimilax.observations import DiagonalCovariance, Interpolate
 
 from .helpers import tree_allclose
+
+
+def drive(
+    flt, dyn, observations, belief0, *, out=None, checkpoint=None, checkpoint_every=None, **kwargs
+):
+    """`assimilate_stream` with the output and checkpoint sinks named by paths."""
+    sinks = [] if out is None else [ax.NetCDFOutput(out)]
+    if checkpoint is not None:
+        sinks.append(ax.Checkpoint(checkpoint, checkpoint_every))
+    return ax.assimilate_stream(flt, dyn, observations, belief0, sinks=sinks, **kwargs)
 
 
 D, N, K = 12, 8, 30
@@ -127,11 +137,11 @@ def test_stream_equals_batch(sensors, getkey):
     belief0 = flt.init(ens, key=key)
     batch = ax.assimilate(flt, dyn, series, belief0, key=key)
     stream = ax.ObservationStream(series.observation, series.records())
-    streamed = ax.assimilate(flt, dyn, stream, belief0, key=key)
+    streamed = drive(flt, dyn, stream, belief0, key=key)
     assert tree_allclose(batch.analysis_mean, streamed.analysis_mean, rtol=1e-12, atol=1e-12)
     assert tree_allclose(batch.belief, streamed.belief, rtol=1e-12, atol=1e-12)
     stream = ax.ObservationStream(series.observation, series.records())
-    chunked = ax.assimilate(flt, dyn, stream, belief0, key=key, chunk_size=7)
+    chunked = drive(flt, dyn, stream, belief0, key=key, chunk_size=7)
     assert tree_allclose(batch.analysis_mean, chunked.analysis_mean, rtol=1e-12, atol=1e-12)
 
 
@@ -139,7 +149,7 @@ def test_stream_of_records_compiles_once(sensors, getkey):
     dyn, series, ens = sensors
     _TRACES.clear()
     records = (tuple(r) for r in series.records())  # plain tuples are records too
-    ax.assimilate(
+    drive(
         _CountingETKF(), dyn, ax.ObservationStream(series.observation, records), ens, key=getkey()
     )
     assert len(_TRACES) == 1
@@ -151,14 +161,12 @@ def test_bad_stream_records_are_named(sensors, getkey):
     late = records[:5] + [records[3]] + records[6:]
     stream = ax.ObservationStream(series.observation, iter(late))
     with pytest.raises(ValueError, match="record 5 is at time .* not after"):
-        ax.assimilate(ETKF(), dyn, stream, ens, key=getkey())
+        drive(ETKF(), dyn, stream, ens, key=getkey())
     short = records[:2] + [ax.ObservationRecord(1.0, np.zeros(3))]
     with pytest.raises(ValueError, match=r"stream record 2: `values` must have shape \(8,\)"):
-        ax.assimilate(
-            ETKF(), dyn, ax.ObservationStream(series.observation, short), ens, key=getkey()
-        )
+        drive(ETKF(), dyn, ax.ObservationStream(series.observation, short), ens, key=getkey())
     with pytest.raises(ValueError, match="`truth` needs an ObservationSeries"):
-        ax.assimilate(
+        drive(
             ETKF(),
             dyn,
             ax.ObservationStream(series.observation, records),
@@ -168,9 +176,7 @@ def test_bad_stream_records_are_named(sensors, getkey):
         )
     bad_std = ax.ObservationRecord(1.0, np.ones(8), None, -np.ones(8))
     with pytest.raises(ValueError, match="noise_std.*positive"):
-        ax.assimilate(
-            ETKF(), dyn, ax.ObservationStream(series.observation, [bad_std]), ens, key=getkey()
-        )
+        drive(ETKF(), dyn, ax.ObservationStream(series.observation, [bad_std]), ens, key=getkey())
 
 
 # Output files, checkpoints, resume ----------------------------------------------------
@@ -188,18 +194,16 @@ def test_kill_and_resume_is_bit_identical(sensors, getkey, tmp_path):
     flt, key = LETKF(radius=3.0), getkey()
     belief0 = flt.init(ens, key=key)
     stream = lambda records: ax.ObservationStream(series.observation, records)
-    full = ax.assimilate(
-        flt, dyn, stream(series.records()), belief0, key=key, out=tmp_path / "full.nc"
-    )
+    full = drive(flt, dyn, stream(series.records()), belief0, key=key, out=tmp_path / "full.nc")
     out, ckpt = tmp_path / "run.nc", tmp_path / "run.ckpt"
     run = dict(key=key, out=out, checkpoint=ckpt, checkpoint_every=10)
     with pytest.raises(ConnectionError):
-        ax.assimilate(flt, dyn, stream(_interrupted(series.records(), 17)), belief0, **run)
+        drive(flt, dyn, stream(_interrupted(series.records(), 17)), belief0, **run)
     # The file is valid and holds the 17 finished cycles; the checkpoint matches it.
     partial = ax.read_netcdf(out)
     assert partial.sizes["time"] == 17
     assert np.array_equal(partial["analysis_mean"].values, full.analysis_mean[:17])
-    resumed = ax.assimilate(flt, dyn, stream(series.records()), belief0, resume=True, **run)
+    resumed = drive(flt, dyn, stream(series.records()), belief0, resume=True, **run)
     assert len(resumed.times) == K - 17
     a, b = ax.read_netcdf(out), ax.read_netcdf(tmp_path / "full.nc")
     for name in b.data_vars:
@@ -215,18 +219,18 @@ def test_resume_cuts_output_back_to_the_checkpoint(sensors, getkey, tmp_path):
     key = getkey()
     out, ckpt = tmp_path / "out.nc", tmp_path / "out.ckpt"
     run = dict(key=key, out=out, checkpoint=ckpt, checkpoint_every=10, chunk_size=5)
-    full = ax.assimilate(ETKF(), dyn, series, ens, **run)
+    full = drive(ETKF(), dyn, series, ens, **run)
     expected = ax.read_netcdf(out)
     # Simulate a kill after 25 records had been written but only 20 checkpointed.
-    ax.assimilate(ETKF(), dyn, series[:20], ens, **run)
-    ax._io.AppendableNetCDF(out).append(
+    drive(ETKF(), dyn, series[:20], ens, **run)
+    AppendableNetCDF(out).append(
         {
             "time": np.asarray(series.times[20:25]),
             **{n: expected[n].values[20:25] for n in expected.data_vars},
         }
     )
     assert ax.read_netcdf(out).sizes["time"] == 25
-    resumed = ax.assimilate(ETKF(), dyn, series, ens, resume=True, **run)
+    resumed = drive(ETKF(), dyn, series, ens, resume=True, **run)
     assert np.array_equal(resumed.analysis_mean, full.analysis_mean[20:])
     got = ax.read_netcdf(out)
     for name in expected.data_vars:
@@ -237,17 +241,17 @@ def test_resume_refuses_another_run(sensors, getkey, tmp_path):
     dyn, series, ens = sensors
     key = getkey()
     ckpt = tmp_path / "c.ckpt"
-    ax.assimilate(ETKF(), dyn, series[:10], ens, key=key, checkpoint=ckpt, checkpoint_every=5)
+    drive(ETKF(), dyn, series[:10], ens, key=key, checkpoint=ckpt, checkpoint_every=5)
     with pytest.raises(ValueError, match="another key"):
-        ax.assimilate(ETKF(), dyn, series, ens, key=getkey(), checkpoint=ckpt, resume=True)
+        drive(ETKF(), dyn, series, ens, key=getkey(), checkpoint=ckpt, resume=True)
     with pytest.raises(ValueError, match="another filter"):
-        ax.assimilate(ETKF(inflation=1.1), dyn, series, ens, key=key, checkpoint=ckpt, resume=True)
+        drive(ETKF(inflation=1.1), dyn, series, ens, key=key, checkpoint=ckpt, resume=True)
     with pytest.raises(ValueError, match="does not match this run's belief"):
         small = ax.Ensemble(ens.members[:4])
-        ax.assimilate(ETKF(), dyn, series, small, key=key, checkpoint=ckpt, resume=True)
+        drive(ETKF(), dyn, series, small, key=key, checkpoint=ckpt, resume=True)
     (tmp_path / "junk").write_bytes(b"hello")
     with pytest.raises(ValueError, match="not an assimilax checkpoint"):
-        ax.assimilate(ETKF(), dyn, series, ens, key=key, checkpoint=tmp_path / "junk", resume=True)
+        drive(ETKF(), dyn, series, ens, key=key, checkpoint=tmp_path / "junk", resume=True)
 
 
 # Reading sensor files ------------------------------------------------------------------
@@ -416,7 +420,6 @@ def test_cli_assimilate_bad_input_writes_nothing(tmp_path, sensor_file, capsys):
         (["--obs", str(path), "--dim", str(D), "--variable", "wind"], "no variable 'wind'"),
         (["--obs", str(path), "--dim", str(D), "--model", "lorenz99"], "Unknown model"),
         (["--obs", str(path), "--dim", str(D), "--filter", "kalman"], "Unknown filter"),
-        (["--obs", str(path), "--dim", str(D), "--resume"], "No checkpoint file"),
     ]:
         assert main(["assimilate", *args, "--out", str(out), "--no-progress"]) == 2
         err = capsys.readouterr().err
@@ -488,7 +491,7 @@ def test_resume_refuses_other_observations(sensors, getkey, tmp_path):
     dyn, series, ens = sensors
     key, ckpt = getkey(), tmp_path / "c.ckpt"
     run = dict(key=key, checkpoint=ckpt, checkpoint_every=5)
-    ax.assimilate(ETKF(), dyn, series[:10], ens, **run)
+    drive(ETKF(), dyn, series[:10], ens, **run)
     changed = ax.ObservationSeries(
         series.observation,
         series.times,
@@ -497,12 +500,12 @@ def test_resume_refuses_other_observations(sensors, getkey, tmp_path):
         series.noise_std,
     )
     with pytest.raises(ValueError, match="first 10 records of `observations` differ"):
-        ax.assimilate(ETKF(), dyn, changed, ens, resume=True, **run)
+        drive(ETKF(), dyn, changed, ens, resume=True, **run)
     stream = ax.ObservationStream(changed.observation, changed.records())
     with pytest.raises(ValueError, match="differ"):
-        ax.assimilate(ETKF(), dyn, stream, ens, resume=True, **run)
+        drive(ETKF(), dyn, stream, ens, resume=True, **run)
     # The same records, as a stream this time: accepted, and equal to the series run.
     stream = ax.ObservationStream(series.observation, series.records())
-    resumed = ax.assimilate(ETKF(), dyn, stream, ens, resume=True, **run)
+    resumed = drive(ETKF(), dyn, stream, ens, resume=True, **run)
     whole = ax.assimilate(ETKF(), dyn, series, ens, key=key)
     assert np.allclose(resumed.analysis_mean, whole.analysis_mean[10:], rtol=1e-12, atol=1e-12)

@@ -1,33 +1,109 @@
-"""assimilax: sequential data assimilation in JAX."""
+"""assimilax: sequential data assimilation in JAX.
 
-from . import (
-    diffusion as diffusion,
-    dynamics as dynamics,
-    filters as filters,
-    metrics as metrics,
-    observations as observations,
-)
-from ._assimilate import Solution as Solution, assimilate as assimilate
-from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
-from ._ensemble import Ensemble as Ensemble
-from ._io import describe as describe, read_netcdf as read_netcdf, write_netcdf as write_netcdf
-from ._report import report as report
-from ._results import RESULTS as RESULTS
-from ._streams import (
-    ObservationRecord as ObservationRecord,
-    ObservationSeries as ObservationSeries,
-    ObservationStream as ObservationStream,
-    SensorData as SensorData,
-    read_observations as read_observations,
-)
-from ._twin import (
-    MODELS as MODELS,
-    make_filter as make_filter,
-    make_observation as make_observation,
-    summarise as summarise,
-    twin_experiment as twin_experiment,
-)
-from .metrics import rmse as rmse, time_average as time_average
+The public names below are loaded on first use (PEP 562), so `import assimilax` and
+`assimilax --help` do not pay for JAX, xarray or netCDF until they are needed.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# public name -> the module that defines it
+_LAZY = {
+    "Solution": "._assimilate",
+    "assimilate": "._assimilate",
+    "assimilate_stream": "._driver",
+    "AbstractBelief": "._belief",
+    "GaussianBelief": "._belief",
+    "Ensemble": "._ensemble",
+    "describe": "._io",
+    "read_netcdf": "._io",
+    "write_netcdf": "._io",
+    "report": "._report",
+    "RESULTS": "._results",
+    "AbstractSink": "._sinks",
+    "Checkpoint": "._sinks",
+    "NetCDFOutput": "._sinks",
+    "ProgressBar": "._sinks",
+    "ObservationRecord": "._streams",
+    "ObservationSeries": "._streams",
+    "ObservationStream": "._streams",
+    "SensorData": "._streams",
+    "read_observations": "._streams",
+    "MODELS": ".experiments",
+    "make_filter": ".experiments",
+    "make_observation": ".experiments",
+    "simulate": ".experiments",
+    "summarise": ".experiments",
+    "twin_experiment": ".experiments",
+    "rmse": ".metrics",
+    "time_average": ".metrics",
+}
+_SUBPACKAGES = (
+    "diffusion",
+    "dynamics",
+    "experiments",
+    "filters",
+    "metrics",
+    "observations",
+)
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'assimilax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY, *_SUBPACKAGES])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from . import (
+        diffusion as diffusion,
+        dynamics as dynamics,
+        experiments as experiments,
+        filters as filters,
+        metrics as metrics,
+        observations as observations,
+    )
+    from ._assimilate import Solution as Solution, assimilate as assimilate
+    from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
+    from ._driver import assimilate_stream as assimilate_stream
+    from ._ensemble import Ensemble as Ensemble
+    from ._io import (
+        describe as describe,
+        read_netcdf as read_netcdf,
+        write_netcdf as write_netcdf,
+    )
+    from ._report import report as report
+    from ._results import RESULTS as RESULTS
+    from ._sinks import (
+        AbstractSink as AbstractSink,
+        Checkpoint as Checkpoint,
+        NetCDFOutput as NetCDFOutput,
+        ProgressBar as ProgressBar,
+    )
+    from ._streams import (
+        ObservationRecord as ObservationRecord,
+        ObservationSeries as ObservationSeries,
+        ObservationStream as ObservationStream,
+        SensorData as SensorData,
+        read_observations as read_observations,
+    )
+    from .experiments import (
+        MODELS as MODELS,
+        make_filter as make_filter,
+        make_observation as make_observation,
+        simulate as simulate,
+        summarise as summarise,
+        twin_experiment as twin_experiment,
+    )
+    from .metrics import rmse as rmse, time_average as time_average

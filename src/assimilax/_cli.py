@@ -1,23 +1,31 @@
 """The `assimilax` command line.
 
-Errors are printed to stderr as one line (no traceback) with exit code 2.
+Errors are printed to stderr as one line (no traceback) with exit code 2; a run whose
+filter failed or lost track exits with 1; an interrupted run with 130. `--help` and
+`--version` answer without importing JAX.
 """
 
 import argparse
+import math
+import os
+import signal
 import sys
 
-import numpy as np
+
+_SEED_MAX = 2**32 - 1
 
 
-def _number(convert, low: int | float, strict: bool, what: str):
-    """An argparse type: `convert(text)`, which must be > low (strict) or >= low."""
+def _number(convert, low: int | float, strict: bool, what: str, high=None):
+    """An argparse type: finite `convert(text)`, > low (strict) or >= low, <= high."""
 
     def parse(text: str):
         try:
             value = convert(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             value = None
-        if value is None or not (value > low if strict else value >= low):
+        ok = value is not None and math.isfinite(value)
+        ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+        if not ok:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -26,14 +34,16 @@ def _number(convert, low: int | float, strict: bool, what: str):
 
 _positive_int = _number(int, 0, True, "a positive integer")
 _nonnegative_int = _number(int, 0, False, "an integer >= 0")
-_positive_float = _number(float, 0.0, True, "a positive number")
-_nonnegative_float = _number(float, 0.0, False, "a number >= 0")
+_positive_float = _number(float, 0.0, True, "a positive finite number")
+_nonnegative_float = _number(float, 0.0, False, "a finite number >= 0")
+_seed = _number(int, 0, False, f"an integer seed in [0, {_SEED_MAX}]", _SEED_MAX)
+_fraction = _number(float, 0.0, False, "a number in [0, 1]", 1.0)
 
 
-def _fraction(text: str) -> float:
-    value = _nonnegative_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+def _open_fraction(text: str) -> float:
+    value = _fraction(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 
 
@@ -44,16 +54,47 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with every flag's default shown (unless it is None or a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="assimilax", description="Sequential data assimilation in JAX.")
+    parser = _Parser(
+        prog="assimilax",
+        description="Sequential data assimilation in JAX: twin experiments, sensor files, reports.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"assimilax {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _twin_parser(sub)
+    _report_parser(sub)
+    _make_sensors_parser(sub)
+    _assimilate_parser(sub)
+    return parser
+
+
+def _twin_parser(sub) -> None:
     twin = sub.add_parser(
         "twin",
         help="run a twin experiment (truth, synthetic observations, filters, metrics)",
+        formatter_class=_Formatter,
         description=(
             "Run a twin experiment. Every flag has a default: the standard setting of "
             "the model (Lorenz-96: all 40 observed every 0.05, noise std 1; Lorenz-63: "
-            "all observed every 0.25, noise variance 2) and filter settings tuned for it."
+            "all observed every 0.25, noise variance 2) and filter settings tuned for it. "
+            "Exit code 1 if a filter failed or diverged."
         ),
     )
     _model_arguments(twin)
@@ -62,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="etkf,letkf,enkf",
         help="comma-separated: etkf,letkf,enkf,pf,ensf,sf (sf pre-trains a network first)",
     )
-    twin.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
+    twin.add_argument(
+        "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
+    )
     twin.add_argument("--cycles", type=_positive_int, default=2000, help="observation cycles")
     twin.add_argument(
         "--burn-in",
@@ -70,25 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cycles left out of time averages (default: 10%% of --cycles)",
     )
-    twin.add_argument("--obs-interval", type=_positive_float, default=None)
-    twin.add_argument("--obs-std", type=_positive_float, default=None)
+    twin.add_argument(
+        "--obs-interval",
+        type=_positive_float,
+        default=None,
+        help="model time between observations (default: the model's)",
+    )
+    twin.add_argument(
+        "--obs-std",
+        type=_positive_float,
+        default=None,
+        help="observation error std (default: the model's)",
+    )
     twin.add_argument(
         "--observe",
         default=None,
         help="all | every:K | random:M (default: the model's; every:4 for heat2d, burgers, ns2d)",
     )
-    twin.add_argument("--observation", default="linear", help="linear | arctan")
+    twin.add_argument(
+        "--observation", default="linear", choices=["linear", "arctan"], help="operator"
+    )
     twin.add_argument(
         "--inflation",
         type=_positive_float,
         default=None,
-        help="multiplicative inflation for every filter (overrides tuning)",
+        help="multiplicative inflation for the filters that take one (overrides tuning)",
     )
     twin.add_argument(
         "--radius",
         type=_positive_float,
         default=None,
-        help="LETKF localisation radius in grid points",
+        help="LETKF localisation radius (grid points)",
     )
     twin.add_argument(
         "--threshold",
@@ -108,27 +163,31 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["systematic", "stratified", "residual", "multinomial"],
         help="particle filter resampling scheme (default systematic)",
     )
-    twin.add_argument("--precision", default="float64", choices=["float32", "float64"])
-    twin.add_argument("--seed", type=int, default=0)
+    _run_arguments(twin)
     twin.add_argument("--out", default=None, help="write the results to this netCDF file")
-    twin.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     twin.set_defaults(run=_run_twin)
 
+
+def _report_parser(sub) -> None:
     rep = sub.add_parser(
         "report",
         help="plots and a summary table of a twin-experiment file",
+        formatter_class=_Formatter,
         description=(
             "Write PNG plots (RMSE and spread through time, rank histograms, truth vs "
             "analysis, ESS of particle filters) and summary.md into --out."
         ),
     )
     rep.add_argument("file", help="a netCDF file written by `assimilax twin --out`")
-    rep.add_argument("--out", default="report", help="output folder (default: report/)")
+    rep.add_argument("--out", default="report", help="output folder (created if missing)")
     rep.set_defaults(run=_run_report)
 
+
+def _make_sensors_parser(sub) -> None:
     sensors = sub.add_parser(
         "make-sensors",
         help="write a demo sensor file (a twin experiment's observations, with gaps)",
+        formatter_class=_Formatter,
         description=(
             "Write a netCDF sensor file in the layout `assimilax assimilate` reads: a truth "
             "run observed at jittered (irregular) CF times by sensors at random positions "
@@ -141,27 +200,35 @@ def build_parser() -> argparse.ArgumentParser:
     sensors.add_argument(
         "--sensors", type=_positive_int, default=None, help="number of sensors (default: dim)"
     )
-    sensors.add_argument("--obs-interval", type=_positive_float, default=None)
-    sensors.add_argument("--obs-std", type=_positive_float, default=None)
     sensors.add_argument(
-        "--missing", type=_fraction, default=0.1, help="fraction of values lost (default 0.1)"
+        "--obs-interval", type=_positive_float, default=None, help="default: the model's"
     )
     sensors.add_argument(
-        "--jitter", type=_fraction, default=0.3, help="time jitter in intervals (default 0.3)"
+        "--obs-std", type=_positive_float, default=None, help="default: the model's"
     )
-    sensors.add_argument("--seed", type=int, default=0)
+    sensors.add_argument(
+        "--missing", type=_open_fraction, default=0.1, help="fraction of values lost, in [0, 1)"
+    )
+    sensors.add_argument(
+        "--jitter", type=_open_fraction, default=0.3, help="time jitter in intervals, in [0, 1)"
+    )
+    sensors.add_argument("--seed", type=_seed, default=0, help="random seed")
     sensors.add_argument("--out", required=True, help="the netCDF file to write")
     sensors.set_defaults(run=_run_make_sensors)
 
+
+def _assimilate_parser(sub) -> None:
     assim = sub.add_parser(
         "assimilate",
         help="assimilate a sensor file with one filter; write the analyses",
+        formatter_class=_Formatter,
         description=(
             "Assimilate the observations of a netCDF sensor file (CF time, sensor positions "
             "or grid indices, NaN/_FillValue gaps, optional error std) with one filter, "
             "starting from a climatological ensemble. Analyses are appended to --out as "
             "they are produced; with --checkpoint-every the run can be stopped (Ctrl-C, "
-            "SIGTERM) and continued with --resume to the same result."
+            "SIGTERM) and continued with --resume to the same result. Exit code 1 if the "
+            "filter failed or diverged."
         ),
     )
     _model_arguments(assim)
@@ -171,17 +238,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--obs-std",
         type=_positive_float,
         default=None,
-        help="error std for files without one",
+        help="error std (replaces the file's own, if it has one)",
     )
     assim.add_argument(
         "--time-unit",
         default=None,
         help="one model time unit, e.g. '6 hours' (default: the file's model_time_unit)",
     )
+    assim.add_argument(
+        "--max-gap",
+        type=_positive_float,
+        default=None,
+        help="longest allowed time between records, in model time (default: 1000 x the median)",
+    )
     assim.add_argument("--filter", default="letkf", help="etkf, letkf, enkf, pf, ensf or sf")
-    assim.add_argument("--members", type=_positive_int, default=None, help="ensemble size")
-    assim.add_argument("--inflation", type=_positive_float, default=None)
-    assim.add_argument("--radius", type=_positive_float, default=None)
+    assim.add_argument(
+        "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
+    )
+    assim.add_argument(
+        "--inflation", type=_positive_float, default=None, help="default: tuned for the model"
+    )
+    assim.add_argument(
+        "--radius", type=_positive_float, default=None, help="LETKF radius (default: tuned)"
+    )
     assim.add_argument("--out", required=True, help="netCDF file for the analyses")
     assim.add_argument(
         "--checkpoint-every",
@@ -193,57 +272,130 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="checkpoint file (default: OUT.checkpoint)"
     )
     assim.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    assim.add_argument("--seed", type=int, default=0)
-    assim.add_argument("--precision", default="float64", choices=["float32", "float64"])
-    assim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _run_arguments(assim)
     assim.set_defaults(run=_run_assimilate)
-    return parser
 
 
 def _model_arguments(parser) -> None:
     parser.add_argument(
-        "--model",
-        default="lorenz96",
-        help="lorenz96 (default), lorenz63, ks, burgers, heat2d, ns2d",
+        "--model", default="lorenz96", help="lorenz96, lorenz63, ks, burgers, heat2d, ns2d"
     )
     parser.add_argument(
-        "--dim", type=_positive_int, default=None, help="state dimension (SPDEs: points per axis)"
+        "--dim",
+        type=_positive_int,
+        default=None,
+        help="state dimension (SPDEs: points per axis; default: the model's)",
     )
+
+
+def _run_arguments(parser) -> None:
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed")
+    parser.add_argument(
+        "--precision", default="float64", choices=["float32", "float64"], help="floating point"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (also: ASSIMILAX_NO_CACHE=1)",
+    )
+
+
+# Start-up -------------------------------------------------------------------------
+
+
+def compilation_cache_dir() -> str | None:
+    """The folder of JAX's persistent compilation cache for the CLI: the environment's
+    `JAX_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/assimilax/jax` (default
+    `~/.cache/assimilax/jax`); None when turned off by `ASSIMILAX_NO_CACHE=1`."""
+    if os.environ.get("ASSIMILAX_NO_CACHE", "") not in ("", "0"):
+        return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "assimilax", "jax")
+
+
+def _start_jax(args):
+    """Configure JAX at the boundary (never at import): precision and the persistent
+    compilation cache (compiled loops are reused across runs: ~4x faster start-up)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", getattr(args, "precision", "float64") == "float64")
+    folder = None if getattr(args, "no_compilation_cache", False) else compilation_cache_dir()
+    if folder is not None:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", folder)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        except OSError:
+            pass  # a read-only home: run without the cache
+    return jax
+
+
+def _check_memory(needed_bytes: float, what: str) -> None:
+    """Refuse a run whose arrays alone would not fit in the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed_bytes > 0.8 * total:
+        raise ValueError(
+            f"{what} needs about {needed_bytes / 2**30:.3g} GiB of memory, more than this "
+            f"machine's {total / 2**30:.3g} GiB allows; use fewer cycles, members or a smaller "
+            "--dim."
+        )
 
 
 def _setup(args):
     """The model setup, its dimension and dynamics from --model and --dim."""
-    from ._twin import get_model
+    from .experiments import get_model
 
-    setup = get_model(args.model)
+    try:
+        setup = get_model(args.model)
+    except ValueError as e:
+        raise ValueError(f"--model: {e}") from None
     dim = setup.default_dim if args.dim is None else args.dim
     if setup.fixed_dim and dim != setup.default_dim:
         raise ValueError(f"--dim: {setup.name} has dimension {setup.default_dim}; got {dim}.")
+    ndim = len(setup.initial_state(2).shape)
+    _check_memory(8.0 * 20 * float(dim) ** ndim, "--dim")
     return setup, dim, setup.make_dynamics(dim)
 
 
+def _members(args, setup) -> int:
+    members = setup.members if args.members is None else args.members
+    if members < 2:
+        raise ValueError(f"--members: need at least 2; got {members}.")
+    return members
+
+
+# Subcommands ----------------------------------------------------------------------
+
+
 def _run_make_sensors(args) -> int:
-    import jax
+    from ._io import check_output_paths
 
-    jax.config.update("jax_enable_x64", True)
-    import jax.random as jr
-
+    check_output_paths([("--out", args.out)], [])
+    jax = _start_jax(args)
     from ._io import write_netcdf
-    from ._twin import make_sensors
+    from .experiments import make_sensors
 
     setup, dim, dynamics = _setup(args)
+    sensors = dim if args.sensors is None else args.sensors
+    _check_memory(8.0 * args.cycles * (sensors * 3 + dim ** len(dynamics.state_shape)), "--cycles")
     ds = make_sensors(
         setup,
         dynamics,
-        key=jr.key(args.seed),
+        key=jax.random.key(args.seed),
         cycles=args.cycles,
-        sensors=dim if args.sensors is None else args.sensors,
+        sensors=sensors,
         obs_std=setup.obs_std if args.obs_std is None else args.obs_std,
         obs_interval=args.obs_interval,
         missing=args.missing,
         jitter=args.jitter,
     )
-    observed = float(np.isfinite(ds["observations"].values).mean())
+    observed = float((ds["observations"].notnull()).mean())
     print(
         f"{setup.name} d={dim}: {ds.sizes['sensor']} sensors, {ds.sizes['time']} times "
         f"({100 * observed:.0f}% of values present)",
@@ -255,19 +407,29 @@ def _run_make_sensors(args) -> int:
 
 def _run_assimilate(args) -> int:
     import time
+    from pathlib import Path
 
-    import jax
+    from ._io import check_output_paths
 
-    jax.config.update("jax_enable_x64", args.precision == "float64")
+    checkpoint = args.checkpoint or f"{args.out}.checkpoint"
+    use_checkpoint = bool(args.checkpoint_every or args.resume or args.checkpoint)
+    check_output_paths(
+        [("--out", args.out), ("--checkpoint", checkpoint if use_checkpoint else None)],
+        [args.obs],
+    )
+    if not Path(args.obs).is_file():
+        raise ValueError(f"--obs: no such file {args.obs!r}.")
+    _start_jax(args)
     import jax.numpy as jnp
     import jax.random as jr
 
-    from ._assimilate import assimilate
+    from . import _sinks
+    from ._driver import assimilate_stream, progress_sinks
     from ._ensemble import Ensemble
-    from ._io import describe, terminate_as_interrupt
-    from ._results import RESULTS
+    from ._io import describe
     from ._streams import read_observations
-    from ._twin import climatology_states, domain_lengths, make_filter
+    from .experiments import climatology_states, domain_lengths, make_filter
+    from .metrics import divergence
 
     setup, dim, dynamics = _setup(args)
     # Everything is read and checked before anything is written.
@@ -277,22 +439,30 @@ def _run_assimilate(args) -> int:
         variable=args.variable,
         lengths=domain_lengths(dynamics),
         noise_std=args.obs_std,
+        override_std=True,
         units="1",
         time_unit=args.time_unit,
     )
+    if args.obs_std is not None and data.file_has_std:
+        print(
+            f"note: --obs-std {args.obs_std:g} replaces the error std the file carries",
+            file=sys.stderr,
+        )
     series = data.series
-    members = setup.members if args.members is None else args.members
-    if members < 2:
-        raise ValueError(f"--members: need at least 2; got {members}.")
-    flt = make_filter(
-        args.filter.strip().lower(), setup, dim=dim, inflation=args.inflation, radius=args.radius
-    )
+    members = _members(args, setup)
+    n_values = math.prod(dynamics.state_shape)
+    _check_memory(8.0 * (20 * members * n_values + 4 * len(series) * n_values), "This run")
+    name = args.filter.strip().lower()
+    try:
+        flt = make_filter(name, setup, dim=dim, inflation=args.inflation, radius=args.radius)
+    except ValueError as e:
+        raise ValueError(f"--filter/--inflation/--radius: {e}") from None
     init_key, filter_key, run_key = jr.split(jr.key(args.seed), 3)
     ensemble = Ensemble(climatology_states(setup, dynamics, members, key=init_key))
     t0 = series.times[0] - setup.obs_interval
-    checkpoint = args.checkpoint or f"{args.out}.checkpoint"
     attrs = {
         "title": "assimilax analysis",
+        "source": "assimilax assimilate",
         "source_file": str(args.obs),
         "model": setup.name,
         "dim": dim,
@@ -301,17 +471,27 @@ def _run_assimilate(args) -> int:
         "seed": args.seed,
         "precision": args.precision,
         "t0": float(t0),
-        **{f"time_{k}": v for k, v in data.time_encoding.items()},
     }
+    resume = args.resume
+    if resume and not Path(checkpoint).exists():
+        print(
+            f"note: no checkpoint {checkpoint!r} yet (the run stopped before its first "
+            "checkpoint): starting from the beginning",
+            file=sys.stderr,
+        )
+        resume = False
     print(
         f"Assimilating {len(series)} records of {series.observation.obs_dim} sensors "
         f"({100 * float(jnp.mean(series.mask)):.0f}% present) into {setup.name} d={dim} with "
-        f"{args.filter} N={members}{', resuming' if args.resume else ''}",
+        f"{name} N={members}{', resuming' if resume else ''}",
         file=sys.stderr,
     )
-    terminate_as_interrupt()
+    sinks = [_sinks.NetCDFOutput(args.out, attrs, data.time_encoding)]
+    if use_checkpoint:
+        sinks.append(_sinks.Checkpoint(checkpoint, args.checkpoint_every))
+    sinks += progress_sinks(not args.no_progress, name)
     start = time.perf_counter()
-    sol = assimilate(
+    sol = assimilate_stream(
         flt,
         dynamics,
         series,
@@ -321,12 +501,9 @@ def _run_assimilate(args) -> int:
         truth=None if data.truth is None else jnp.asarray(data.truth, ensemble.members.dtype),
         scores=False,
         chunk_size=min(100, args.checkpoint_every or 100),
-        progress=not args.no_progress,
-        out=args.out,
-        out_attrs=attrs,
-        checkpoint=checkpoint if args.checkpoint_every or args.resume else None,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
+        sinks=sinks,
+        resume=resume,
+        max_gap=args.max_gap,
         throw=False,
     )
     seconds = time.perf_counter() - start
@@ -343,8 +520,17 @@ def _run_assimilate(args) -> int:
             f"{float(jnp.mean(sol.rmse_forecast[burn:])):.4f}"
         )
     print(line)
+    from ._results import RESULTS
+
     if sol.result != RESULTS.successful:
         print(f"assimilax assimilate: the filter failed: {RESULTS[sol.result]}", file=sys.stderr)
+        return 1
+    if sol.innovation_ratio is not None and divergence(sol.innovation_ratio, cycles // 10):
+        print(
+            "assimilax assimilate: the filter DIVERGED (innovations far beyond the ensemble "
+            f"spread; {args.out} was written): try more inflation or members",
+            file=sys.stderr,
+        )
         return 1
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
@@ -358,38 +544,72 @@ def _run_report(args) -> int:
     return 0
 
 
+_PF_OPTIONS = ("threshold", "regularisation", "resampling")
+
+
+def _filter_options(args, names) -> dict[str, dict]:
+    """The options given on the command line, for each filter that takes them; an
+    option that no chosen filter takes is an error, one that some ignore is noted."""
+    from .experiments import OPTIONS
+
+    given = {
+        k: getattr(args, k)
+        for k in ("inflation", "radius", *_PF_OPTIONS)
+        if getattr(args, k) is not None
+    }
+    for option in given:
+        takers = [n for n in names if option in OPTIONS.get(n, ())]
+        flag = f"--{option}"
+        if not takers:
+            raise ValueError(
+                f"{flag}: does not apply to {', '.join(names)} (taken by "
+                f"{', '.join(n for n in OPTIONS if option in OPTIONS[n])})."
+            )
+        if len(takers) < len(names):
+            skip = ", ".join(n for n in names if n not in takers)
+            print(f"note: {flag} applies to {', '.join(takers)}, not to {skip}", file=sys.stderr)
+    return {n: {k: v for k, v in given.items() if k in OPTIONS.get(n, ())} for n in names}
+
+
 def _run_twin(args) -> int:
-    import jax
+    from ._io import check_output_paths
 
-    # Precision is chosen here, at the boundary, never at import time.
-    jax.config.update("jax_enable_x64", args.precision == "float64")
-    import jax.random as jr
-
-    from ._io import write_netcdf
-    from ._twin import make_filter, make_observation, summarise, twin_experiment
-
-    setup, dim, dynamics = _setup(args)
+    check_output_paths([("--out", args.out)], [])
     names = [n.strip().lower() for n in args.filters.split(",") if n.strip()]
     if not names:
         raise ValueError("--filters: name at least one filter.")
     if len(set(names)) != len(names):
         raise ValueError(f"--filters: a filter is named twice in {args.filters!r}.")
-    options = dict(
-        inflation=args.inflation,
-        radius=args.radius,
-        threshold=args.threshold,
-        regularisation=args.regularisation,
-        resampling=args.resampling,
+    jax = _start_jax(args)
+    from ._io import write_netcdf
+    from .experiments import (
+        FILTERS,
+        make_filter,
+        make_observation,
+        status,
+        summarise,
+        twin_experiment,
     )
-    filters = {n: make_filter(n, setup, dim=dim, **options) for n in names}
-    obs_std = setup.obs_std if args.obs_std is None else args.obs_std
-    obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
-    members = setup.members if args.members is None else args.members
-    if members < 2:
-        raise ValueError(f"--members: need at least 2; got {members}.")
+
+    unknown = [n for n in names if n not in FILTERS]
+    if unknown:
+        raise ValueError(
+            f"--filters: Unknown filter {unknown[0]!r}; choose from {', '.join(FILTERS)}."
+        )
+    setup, dim, dynamics = _setup(args)
+    members = _members(args, setup)
     burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
     if burn_in >= args.cycles:
         raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")
+    n_values = math.prod(dynamics.state_shape)
+    _check_memory(
+        8.0 * (args.cycles * n_values * (2 + 4 * len(names)) + 30 * members * (n_values + members)),
+        "This run (--cycles x --members x --dim)",
+    )
+    options = _filter_options(args, names)
+    filters = {n: make_filter(n, setup, dim=dim, **options[n]) for n in names}
+    obs_std = setup.obs_std if args.obs_std is None else args.obs_std
+    obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
     observe = setup.observe if args.observe is None else args.observe
     observation = make_observation(
         dynamics.state_shape, obs_std, observe, args.observation, seed=args.seed
@@ -401,7 +621,8 @@ def _run_twin(args) -> int:
         "observe": observe,
         "observation": args.observation,
         "seed": args.seed,
-        "expected_rmse": setup.expected,
+        "expected_rmse": ", ".join(f"{k} {v:g}" for k, v in setup.expected_rmse.items()) or "none",
+        "expected_rmse_source": setup.source,
     }
     print(
         f"Twin experiment: {setup.name} d={dim}, {members} members, {args.cycles} cycles "
@@ -413,7 +634,7 @@ def _run_twin(args) -> int:
         dynamics,
         observation,
         filters,
-        key=jr.key(args.seed),
+        key=jax.random.key(args.seed),
         members=members,
         cycles=args.cycles,
         obs_interval=obs_interval,
@@ -430,7 +651,7 @@ def _run_twin(args) -> int:
     for name in names:
         s = scores[name]
         rate = args.cycles / float(ds["wall_seconds"].sel(filter=name))
-        flag = "  DIVERGED" if s["failed"] else ""
+        flag = f"  {status(s)}" if status(s) else ""
         print(
             f"{name:<8} {s['rmse_analysis']:>8.4f} {s['rmse_forecast']:>8.4f} "
             f"{s['spread_analysis']:>9.4f} {s['crps_analysis']:>8.4f} "
@@ -441,23 +662,48 @@ def _run_twin(args) -> int:
     if args.out:
         path = write_netcdf(ds, args.out)
         print(f"wrote {path}", file=sys.stderr)
+    bad = [n for n in names if status(scores[n])]
+    if bad:
+        print(
+            f"assimilax twin: {', '.join(f'{n} {status(scores[n])}' for n in bad)} (lost track: "
+            "innovations far beyond the spread); try more members or inflation",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `assimilax` command. Returns the exit code."""
+    # First thing: SIGTERM stops a run the same clean way as Ctrl-C (KeyboardInterrupt),
+    # before anything heavy starts.
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as e:
-        message = " ".join(str(e).split())
+    except (ValueError, TypeError, OSError, MemoryError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
         print(f"assimilax {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (continue with --resume)" if getattr(args, "checkpoint_every", None) else ""
         print(f"assimilax {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except Exception as e:  # a run that could not be carried out (e.g. out of memory)
+        if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
+            print(
+                f"assimilax {args.command}: error: out of memory: use fewer cycles, members "
+                "or a smaller --dim",
+                file=sys.stderr,
+            )
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -80,7 +80,11 @@ class Ensemble(AbstractBelief):
 
     def _bias_correction(self, w):
         # Unbiased for reliability weights: 1 / (1 - sum w^2); n / (n - 1) for equal weights.
-        return 1 / (1 - jnp.sum(w**2))
+        # With all the weight on one member (ESS = 1) the unbiased estimate is 0/0: the
+        # plain (biased) one, 0, is reported instead of inf/NaN.
+        denom = 1 - jnp.sum(w**2)
+        ok = denom > 8 * jnp.finfo(denom.dtype).eps
+        return jnp.where(ok, 1 / jnp.where(ok, denom, 1), 1)
 
     def variance(self):
         w = self.weights()

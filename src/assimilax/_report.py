@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from ._io import atomic_write, read_netcdf
-from ._twin import SUMMARY_COLUMNS, summarise
+from .experiments import SUMMARY_COLUMNS, status, summarise
 
 
 _REQUIRED = (
@@ -27,7 +26,7 @@ _REQUIRED = (
 _WINDOW = 200
 
 
-def _check_dataset(ds: xr.Dataset, source: str) -> None:
+def _check_dataset(ds, source: str) -> None:
     missing = [v for v in _REQUIRED if v not in ds]
     if missing or "burn_in" not in ds.attrs:
         what = ", ".join(missing) if missing else "the `burn_in` attribute"
@@ -68,7 +67,7 @@ def _plot_errors(ds, path):
     ax.set_xlabel("time")
     ax.set_ylabel("analysis RMSE / spread")
     ax.set_title("Analysis error (solid) and ensemble spread (dashed)")
-    ax.legend(ncol=2, fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 
@@ -141,36 +140,53 @@ def _plot_state(ds, path):
                 ax.plot(t, mean, color=f"C{i}", lw=0.9, label=f"{name} mean")
                 ax.fill_between(t, mean - 1.96 * std, mean + 1.96 * std, color=f"C{i}", alpha=0.2)
             ax.set_ylabel(f"x[{j}]")
-        axes[0, 0].legend(ncol=len(names) + 1, fontsize="small")
+        axes[0, 0].legend(
+            fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+        )
         axes[-1, 0].set_xlabel("time")
         fig.suptitle("Truth and analysis mean with the 95 % ensemble band")
     else:
-        panels = [("truth", truth)] + [
-            (
-                f"{name}: analysis - truth",
-                sub["analysis_mean"].sel(filter=name).values.reshape(t.size, -1) - truth,
-            )
+        errors = [
+            (name, sub["analysis_mean"].sel(filter=name).values.reshape(t.size, -1) - truth)
             for name in names
         ]
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4), squeeze=False)
-        scale = float(np.nanmax(np.abs(truth)))
+        # One colour scale for the truth, one shared by every error panel.
+        panels = [("truth", truth)] + [(f"{n}: analysis - truth", e) for n, e in errors]
+        fig, axes = plt.subplots(
+            1,
+            len(panels),
+            figsize=(max(9, 3.0 * len(panels)), 4.2),
+            squeeze=False,
+            sharey=True,
+            layout="constrained",
+        )
+        scale = max(float(np.nanmax(np.abs(truth))), 1e-12)
+        err_scale = max(max(float(np.nanmax(np.abs(e))) for _, e in errors), 1e-12)
+        images = []
         for ax, (title, field) in zip(axes[0], panels, strict=True):
-            limit = scale if title == "truth" else max(float(np.nanmax(np.abs(field))), 1e-12)
-            image = ax.imshow(
-                field,
-                aspect="auto",
-                origin="lower",
-                cmap="RdBu_r",
-                vmin=-limit,
-                vmax=limit,
-                extent=(-0.5, d - 0.5, t[0], t[-1]),
+            limit = scale if title == "truth" else err_scale
+            images.append(
+                ax.imshow(
+                    field,
+                    aspect="auto",
+                    origin="lower",
+                    cmap="RdBu_r",
+                    vmin=-limit,
+                    vmax=limit,
+                    extent=(-0.5, d - 0.5, t[0], t[-1]),
+                    interpolation="nearest",
+                )
             )
             ax.set_title(title, fontsize="small")
             ax.set_xlabel("state component")
-            fig.colorbar(image, ax=ax, shrink=0.8)
         axes[0][0].set_ylabel("time")
+        fig.colorbar(images[0], ax=axes[0, :1], location="bottom", shrink=0.9, label="truth")
+        fig.colorbar(
+            images[-1], ax=axes[0, 1:], location="bottom", shrink=0.6, label="analysis error"
+        )
         fig.suptitle("Hovmöller diagrams: truth and analysis error (last cycles)")
-    fig.set_layout_engine("constrained")
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")
     return _save(fig, path)
 
 
@@ -188,26 +204,30 @@ def _plot_ess(ds, path, names):
     ax.set_xlabel("time")
     ax.set_ylabel("effective sample size")
     ax.set_title("Particle weights: effective sample size after each update")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 
-def summary_table(ds: xr.Dataset) -> str:
-    """The time-averaged scores of `summarise` as a Markdown table."""
+def summary_table(ds) -> str:
+    """The time-averaged scores of `summarise` as a Markdown table (3 significant
+    digits; coverage levels the ensemble cannot resolve, e.g. 95 % with fewer than 40
+    members, are left out; a `status` column flags FAILED and DIVERGED filters)."""
     scores = summarise(ds)
-    header = ["filter", *SUMMARY_COLUMNS, "failed"]
+    members = int(ds.attrs.get("members", 0))
+    columns = [
+        c
+        for c in SUMMARY_COLUMNS
+        if not (c.startswith("coverage_") and members and members < 2 / (1 - int(c[9:]) / 100))
+    ]
+    header = ["filter", *columns, "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in scores.items():
-        cells = [
-            name,
-            *(f"{row[c]:.6g}" for c in SUMMARY_COLUMNS),
-            "yes" if row["failed"] else "no",
-        ]
+        cells = [name, *(f"{row[c]:.3g}" for c in columns), status(row) or "ok"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def report(source: str | os.PathLike | xr.Dataset, out: str | os.PathLike) -> list[Path]:
+def report(source, out: str | os.PathLike) -> list[Path]:
     """Write the plots and the summary table of a twin experiment into folder `out`.
 
     - `rmse_spread.png`: analysis RMSE and spread through time, per filter;
@@ -222,6 +242,7 @@ def report(source: str | os.PathLike | xr.Dataset, out: str | os.PathLike) -> li
     Returns the paths written.
     """
     import matplotlib
+    import xarray as xr
 
     matplotlib.use("Agg")
     if isinstance(source, xr.Dataset):

@@ -9,7 +9,6 @@ from typing import NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
 from ._checks import check_floating, check_ndim, check_shape, check_value, is_concrete
 from ._custom_types import Array, Bool, Float
@@ -274,13 +273,17 @@ class SensorData:
       made by `assimilax make-sensors` for twin experiments), else None;
     - `time_encoding`: how the file's times map to model time (`units`, `calendar`,
       `origin`, `model_time_unit`), written into output files;
-    - `attrs`: the file's global attributes.
+    - `attrs`: the file's global attributes;
+    - `std_source`: 'file' or 'argument': where the error std came from;
+      `file_has_std`: whether the file carries one.
     """
 
     series: ObservationSeries
     truth: np.ndarray | None
     time_encoding: dict
     attrs: dict
+    std_source: str = "file"
+    file_has_std: bool = True
 
 
 def _model_times(time, time_unit, origin, source) -> tuple[np.ndarray, dict]:
@@ -288,6 +291,9 @@ def _model_times(time, time_unit, origin, source) -> tuple[np.ndarray, dict]:
     import cftime
 
     raw = np.asarray(time.values)
+    if np.issubdtype(raw.dtype, np.number) and not np.all(np.isfinite(raw)):
+        i = int(np.nonzero(~np.isfinite(raw))[0][0])
+        raise ValueError(f"{source}: `time` must be finite; record {i} is {raw[i]!r}.")
     units = str(time.attrs.get("units", "")).strip()
     if not np.issubdtype(raw.dtype, np.number):
         raise ValueError(f"{source}: `time` must be numeric (CF encoded); got dtype {raw.dtype}.")
@@ -305,10 +311,24 @@ def _model_times(time, time_unit, origin, source) -> tuple[np.ndarray, dict]:
     try:
         dates = cftime.num2date(raw, units, calendar=calendar)
         seconds = cftime.date2num(dates, f"seconds since {origin}", calendar=calendar)
-    except (ValueError, TypeError) as e:
+        # Where the origin lies in the file's units (to write model times back as dates).
+        offset = float(
+            cftime.date2num(
+                cftime.num2date(0, f"seconds since {origin}", calendar=calendar),
+                units,
+                calendar=calendar,
+            )
+        )
+    except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{source}: cannot decode `time` ({units!r}, {calendar!r}): {e}") from None
     model = np.asarray(seconds, np.float64) / duration_seconds(unit)
-    encoding = {"units": units, "calendar": calendar, "origin": origin, "model_time_unit": unit}
+    encoding = {
+        "units": units,
+        "calendar": calendar,
+        "origin": origin,
+        "model_time_unit": unit,
+        "offset": offset,
+    }
     return model, encoding
 
 
@@ -320,6 +340,7 @@ def read_observations(
     lengths=None,
     positions: tuple[str, ...] | None = None,
     noise_std: float | None = None,
+    override_std: bool = False,
     units: str | None = None,
     coordinate_units: str = "1",
     time_unit: str | None = None,
@@ -345,7 +366,9 @@ def read_observations(
       points, i.e. a grid spacing of 1);
     - error standard deviations: the variable named by the observed variable's
       `ancillary_variables` attribute, else `<variable>_std`, of dims `(time,
-      sensor)`, `(sensor,)` or scalar; else the `noise_std` argument.
+      sensor)`, `(sensor,)` or scalar; else the `noise_std` argument. With
+      `override_std=True` the `noise_std` argument replaces the file's own (the CLI's
+      `--obs-std` does this, and says so); `SensorData.std_source` tells which was used.
 
     `units`, if given, must equal the observed variable's `units` attribute (when it
     has one). Model time is `(date - origin) / model_time_unit`, with `origin`
@@ -356,6 +379,8 @@ def read_observations(
     an unknown variable, a missing `time`, non-monotonic or duplicate times, sensors
     outside the domain, negative or zero error std, and units that do not match.
     """
+    import xarray as xr
+
     from ._io import read_netcdf
     from .observations import Interpolate, Subsample
 
@@ -408,12 +433,15 @@ def read_observations(
     # Error standard deviations ----------------------------------------------------------
     std_name = str(obs.attrs.get("ancillary_variables", "")).split()
     std_name = std_name[0] if std_name else f"{variable}_std"
-    if std_name in ds.variables:
+    std_source = "file"
+    if noise_std is not None and not noise_std > 0:
+        raise ValueError(f"`noise_std` must be positive; got {noise_std!r}.")
+    if std_name in ds.variables and not (override_std and noise_std is not None):
         std = ds[std_name]
         std = std.transpose(*[d for d in ("time", sensor_dim) if d in std.dims])
         std = np.broadcast_to(np.asarray(std.values, np.float64), obs.shape)
     elif noise_std is not None:
-        std = np.full(obs.shape, float(noise_std))
+        std, std_source = np.full(obs.shape, float(noise_std)), "argument"
     else:
         raise ValueError(
             f"{where} has no error standard deviation for {variable!r} (no {std_name!r}); "
@@ -490,4 +518,4 @@ def read_observations(
                 f"{where}: `truth` must have shape {(len(times), *shape)} for this model; got "
                 f"{truth.shape} (another model or dimension?)."
             )
-    return SensorData(series, truth, encoding, dict(ds.attrs))
+    return SensorData(series, truth, encoding, dict(ds.attrs), std_source, std_name in ds.variables)

@@ -184,6 +184,49 @@ def cycle_scores(
     )
 
 
+def innovation_ratio(
+    forecast: Ensemble, observation, y: Float[Array, " m"], mask: Array
+) -> Float[Array, ""]:
+    r"""The forecast's normalised innovation statistic over the observed values:
+
+    $$\frac{\sum_i (y_i - \overline{h(x)}_i)^2}{\sum_i (\operatorname{var}_i h(x) + R_{ii})}$$
+
+    with the weighted mean and variance of the observed members $h(x^{(j)})$. About 1
+    for a filter whose spread matches its error (in expectation); far above 1 when the
+    filter has lost track (its ensemble is confident and wrong). Needs no truth, so it
+    also flags divergence when assimilating real sensor data (see `divergence`)."""
+    hx = jax.vmap(observation.apply)(forecast.members)
+    w = forecast.weights()
+    mean = w @ hx
+    var = w @ (hx - mean[None]) ** 2
+    noise = observation.noise.diagonal()
+    num = jnp.sum(jnp.where(mask, (y - mean) ** 2, 0))
+    den = jnp.sum(jnp.where(mask, var + noise, 0))
+    return jnp.where(jnp.any(mask), num / jnp.maximum(den, jnp.finfo(den.dtype).tiny), 1.0)
+
+
+# A filter has diverged when its innovations stay this many times their predicted
+# variance over a window of cycles (innovations ~3.2 predicted standard deviations).
+DIVERGENCE_RATIO = 10.0
+
+
+def divergence(
+    ratio, burn_in: int = 0, *, window: int | None = None, threshold: float = DIVERGENCE_RATIO
+) -> bool:
+    """Whether a filter lost track: the windowed mean of its `innovation_ratio` series
+    (K,) exceeds `threshold` somewhere after `burn_in` (window: 5 % of the cycles
+    after burn-in, at least 10 and at most the cycles available). Non-finite values
+    count as divergence."""
+    r = np.asarray(ratio, np.float64)[burn_in:]
+    if r.size == 0:
+        return False
+    if not np.all(np.isfinite(r)):
+        return True
+    w = min(r.size, max(10, r.size // 20)) if window is None else min(window, r.size)
+    sums = np.convolve(r, np.ones(w), mode="valid") / w
+    return bool(np.any(sums > threshold))
+
+
 def gaussian_crps(mean, std, truth):
     """The closed-form CRPS of `N(mean, std^2)` at `truth` (scoringrules), for reference."""
     from scoringrules import crps_normal

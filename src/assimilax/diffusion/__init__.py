@@ -20,6 +20,7 @@ from ._samplers import (
     euler_maruyama as euler_maruyama,
     predictor_corrector as predictor_corrector,
     probability_flow as probability_flow,
+    reverse_em_step as reverse_em_step,
 )
 from ._sde import (
     VESDE as VESDE,
@@ -36,4 +37,5 @@ from ._training import (
     fit as fit,
     load_network as load_network,
     save_network as save_network,
+    train_step as train_step,
 )

@@ -25,8 +25,10 @@ def _reverse_drift(sde, score, x, t, weight):
     return sde.drift(x, t) - weight * g2.astype(x.dtype) * score(x, t)
 
 
-def _em_step(sde, score, x, t, t_next, key, last):
-    """One reverse Euler–Maruyama step from `t` down to `t_next` (noise-free if `last`)."""
+def reverse_em_step(sde, score, x, t, t_next, key, last):
+    """One reverse Euler–Maruyama step of `x` from `t` down to `t_next` with the score
+    `score(x, t)` (noise-free if `last`): the step every reverse-SDE sampler and the
+    score filters share."""
     dt = (t - t_next).astype(x.dtype)
     mean = x - _reverse_drift(sde, score, x, t, 1.0) * dt
     noise = sde.diffusion(t).astype(x.dtype) * jnp.sqrt(dt) * jr.normal(key, x.shape, x.dtype)
@@ -59,7 +61,7 @@ def euler_maruyama(
     def one(x, key):
         def body(x, inputs):
             i, t, t_next, k = inputs
-            return _em_step(sde, score, x, t, t_next, k, i == steps - 1), None
+            return reverse_em_step(sde, score, x, t, t_next, k, i == steps - 1), None
 
         keys = jr.split(key, steps)
         inputs = (jnp.arange(steps), times[:-1], times[1:], keys)
@@ -102,7 +104,7 @@ def predictor_corrector(
         i, t, t_next, k = inputs
         kc, kp = jr.split(k)
         x = langevin(x, t, kc)
-        step = lambda x, k: _em_step(sde, score, x, t, t_next, k, i == steps - 1)
+        step = lambda x, k: reverse_em_step(sde, score, x, t, t_next, k, i == steps - 1)
         return jax.vmap(step)(x, jr.split(kp, num)), None
 
     inputs = (jnp.arange(steps), times[:-1], times[1:], jr.split(key, steps))

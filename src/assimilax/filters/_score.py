@@ -26,8 +26,14 @@ from jax import lax
 from .._checks import check_positive
 from .._custom_types import Array, Float
 from .._ensemble import Ensemble, flatten_members
-from ..diffusion import AbstractSDE, DampedGuidance, EnSFSDE
-from ..diffusion._samplers import _em_step
+from ..diffusion import (
+    AbstractSDE,
+    DampedGuidance,
+    DPSGuidance,
+    EnSFSDE,
+    GaussianGuidance,
+    reverse_em_step,
+)
 from ..observations import AbstractObservation
 from ._enkf import _as_inflation, unflatten
 from ._inflation import AbstractInflation
@@ -146,7 +152,8 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
             else:
                 members = forecast[jr.choice(batch_key, n, (batch,), replace=False)]
             step_score = lambda x, t: score(x, t, members)
-            return _em_step(self.sde, step_score, x, t, t_next, step_key, i == self.steps - 1), None
+            last = i == self.steps - 1
+            return reverse_em_step(self.sde, step_score, x, t, t_next, step_key, last), None
 
         inputs = (jnp.arange(self.steps), times[:-1], times[1:], jr.split(loop_key, self.steps))
         analysis, _ = lax.scan(body, x0, inputs)
@@ -185,7 +192,8 @@ class ScoreEnsemble(Ensemble):
         self.params = params
 
 
-GUIDANCE = ("damped", "dps", "sda")
+# The guidance of each `guidance` name (a checked literal, looked up, never if/elif).
+GUIDANCE = {"damped": DampedGuidance, "dps": DPSGuidance, "sda": GaussianGuidance}
 
 
 class ScoreFilter(AbstractEnsembleFilter):
@@ -236,7 +244,7 @@ class ScoreFilter(AbstractEnsembleFilter):
         inflation=None,
     ):
         if guidance not in GUIDANCE:
-            raise ValueError(f"`guidance` must be one of {GUIDANCE}; got {guidance!r}.")
+            raise ValueError(f"`guidance` must be one of {tuple(GUIDANCE)}; got {guidance!r}.")
         for name, value, low in (
             ("steps", steps, 2),
             ("finetune_steps", finetune_steps, 0),
@@ -342,9 +350,7 @@ class ScoreFilter(AbstractEnsembleFilter):
         return ScoreEnsemble(moved.members, moved.log_weights, params=belief.params)
 
     def update(self, belief, observation, y, mask=None, *, key):
-        from ..diffusion import DPSGuidance, GaussianGuidance, euler_maruyama
-        from ..diffusion._networks import score_function
-        from ..diffusion._training import train_step
+        from ..diffusion import euler_maruyama, score_function, train_step
 
         if len(belief.state_shape) != 1:
             raise ValueError(f"ScoreFilter needs flat states; got {belief.state_shape}.")
@@ -376,12 +382,7 @@ class ScoreFilter(AbstractEnsembleFilter):
 
         # 2. Guided reverse diffusion in standardised coordinates.
         obs = _Standardised(observation, loc, scale)
-        if self.guidance == "damped":
-            guide = DampedGuidance(obs, y, mask)
-        elif self.guidance == "dps":
-            guide = DPSGuidance(obs, y, mask)
-        else:
-            guide = GaussianGuidance(obs, y, mask)
+        guide = GUIDANCE[self.guidance](obs, y, mask)
         prior = score_function(network, self.sde)
         score = lambda x, t: prior(x, t) + guide(x, t, self.sde, prior)
         x_init = self.sde.prior_sample(z.shape, key=init_key, dtype=dtype)

@@ -1,0 +1,308 @@
+"""The driver: runs the pure loop (`assimilate`) over long series and live streams in
+chunks, resumes from checkpoints, and hands each chunk's results to sinks (output
+files, checkpoints, progress)."""
+
+import hashlib
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+
+from ._assimilate import (
+    Solution,
+    check_key,
+    check_run_inputs,
+    initial_result,
+    make_solution,
+    run_cycles,
+)
+from ._belief import AbstractBelief
+from ._checks import check_shape, is_concrete
+from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
+from ._ensemble import Ensemble
+from ._io import check_output_paths, fingerprint
+from ._sinks import AbstractSink, Checkpoint, ChunkResult, ProgressBar, RunInfo
+from ._streams import ObservationSeries, ObservationStream, batch_records
+from .dynamics import AbstractDynamics
+from .filters import AbstractFilter
+
+
+# A gap between two observation times longer than this many times the median gap
+# is refused unless `max_gap` allows it: one time of 1e9 hours in a sensor file would
+# otherwise integrate for days, inside one compiled call that no signal interrupts.
+GAP_FACTOR = 1000.0
+
+
+def key_data(key) -> list[int]:
+    """The key's bits (typed `jr.key` or raw `jr.PRNGKey`), to recognise it on resume."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jr.key_data(key)
+    return np.asarray(key).ravel().tolist()
+
+
+def _digest(digest, series: ObservationSeries) -> None:
+    """Add the records of `series` to a running hash, record by record (so the hash
+    does not depend on how the records were chunked)."""
+    fields = [np.asarray(series.times), np.asarray(series.values), np.asarray(series.mask)]
+    if series.noise_std is not None:
+        fields.append(np.asarray(series.noise_std))
+    for i in range(len(series)):
+        for field in fields:
+            digest.update(np.ascontiguousarray(field[i]).tobytes())
+
+
+def _records(observations, start: int, size: int, digest):
+    """`(first record, chunk)` from record `start` on, `size` records at a time; the
+    records before `start` (assimilated before a resume) are hashed into `digest`."""
+    if isinstance(observations, ObservationSeries):
+        _digest(digest, observations[:start])
+        for lo in range(start, len(observations), size):
+            yield lo, observations[lo : min(lo + size, len(observations))]
+        return
+    operator, records = observations.observation, iter(observations.records)
+    buffer: list = []
+    for i in range(start):
+        record = next(records, None)
+        if record is None:
+            raise ValueError(
+                f"The stream ended after {i} records, but the checkpoint has assimilated "
+                f"{start}: resume with the same stream."
+            )
+        buffer.append(record)
+        if len(buffer) == 1000 or i == start - 1:
+            _digest(digest, batch_records(operator, buffer, i + 1 - len(buffer)))
+            buffer = []
+    lo = start
+    for record in records:
+        buffer.append(record)
+        if len(buffer) == size:
+            yield lo, batch_records(operator, buffer, lo)
+            lo, buffer = lo + size, []
+    if buffer:
+        yield lo, batch_records(operator, buffer, lo)
+
+
+def _check_gaps(times, t_prev, first: int, max_gap: float | None, typical: float | None):
+    """Refuse a gap between observation times beyond `max_gap` (default: `GAP_FACTOR`
+    times the `typical` gap)."""
+    t = np.concatenate([[float(t_prev)], np.asarray(times, np.float64)])
+    gaps = np.diff(t)
+    limit = max_gap if max_gap is not None else (None if typical is None else GAP_FACTOR * typical)
+    if limit is None or not np.any(gaps > limit):
+        return
+    i = int(np.nonzero(gaps > limit)[0][0])
+    raise ValueError(
+        f"Observation record {first + i} at time {t[i + 1]!r} comes {gaps[i]:.6g} model time "
+        f"units after the previous one, beyond the limit {limit:.6g} (`max_gap`; default "
+        f"{GAP_FACTOR:g} x the median gap): the forecast would run for very long. Pass a "
+        "larger `max_gap` (CLI: --max-gap) if the gap is real."
+    )
+
+
+def assimilate_stream(
+    filter: AbstractFilter,
+    dynamics: AbstractDynamics,
+    observations: ObservationSeries | ObservationStream,
+    belief0: AbstractBelief,
+    *,
+    key: PRNGKeyArray,
+    t0: RealScalarLike = 0.0,
+    truth: Float[Array, " K *state"] | None = None,
+    sinks: tuple[AbstractSink, ...] | list[AbstractSink] = (),
+    chunk_size: int | None = None,
+    resume: bool = False,
+    max_gap: float | None = None,
+    scores: bool = True,
+    save_ensembles: bool = False,
+    throw: bool = True,
+) -> Solution:
+    r"""Run a filter through a series or a live stream in chunks, handing each chunk's
+    results to `sinks`; continue an interrupted run from its checkpoint.
+
+    Each chunk of records is one compiled call of the same loop as `assimilate`
+    (chunks of the same length compile once); cycle `k` uses `fold_in(key, k)`, so the
+    numbers do not depend on chunking, streaming or resuming: a resumed run is
+    bit-identical to an uninterrupted one.
+
+    **Arguments** (as `assimilate`, and):
+
+    - `observations`: an `ObservationSeries`, or an `ObservationStream` whose records
+      are pulled one chunk at a time (e.g. a generator fed by a sensor).
+    - `sinks`: where results go as they are produced: `NetCDFOutput(path)` (a CF
+      file appended after every chunk, complete at every moment), `Checkpoint(path,
+      every=K)`, `ProgressBar()`. Output and checkpoint paths are locked for the run.
+    - `chunk_size`: records per compiled call. Default: 1 for a stream (every record
+      is assimilated as soon as it arrives); for a series all records at once, or 100
+      with sinks. Keep chunks short enough that Ctrl-C is honoured quickly: signals
+      are seen between calls.
+    - `resume`: continue from the `Checkpoint` sink's file (same filter, model,
+      operator, belief structure, key and the same first records, all checked), with
+      the same `observations` from their start; the records done are skipped and the
+      output file is cut back to the checkpoint (repairing a damaged tail). With no
+      checkpoint file yet (a run killed during start-up) the run starts afresh with a
+      warning.
+    - `max_gap`: the longest allowed time between observations (default: 1000 times
+      the series' median gap; streams: no limit unless given).
+
+    **Returns:** a `Solution` over the records assimilated by this call (after the
+    checkpoint's, when resuming).
+    """
+    # Error checking -----------------------------------------------------------------
+    is_stream = isinstance(observations, ObservationStream)
+    if not (is_stream or isinstance(observations, ObservationSeries)):
+        raise TypeError(
+            "`observations` must be an ObservationSeries or an ObservationStream; got "
+            f"{type(observations).__name__}."
+        )
+    check_key(key)
+    operator = observations.observation
+    dtype = None if is_stream else observations.values.dtype
+    state_shape = check_run_inputs(filter, dynamics, operator, belief0, dtype)
+    sinks = tuple(sinks)
+    for i, sink in enumerate(sinks):
+        if not isinstance(sink, AbstractSink):
+            raise TypeError(f"`sinks[{i}]` must be a sink; got {type(sink).__name__}.")
+    checkpoints = [s for s in sinks if isinstance(s, Checkpoint)]
+    if len(checkpoints) > 1:
+        raise ValueError("`sinks` holds more than one Checkpoint.")
+    checkpoint = checkpoints[0] if checkpoints else None
+    check_output_paths([(type(s).__name__, p) for s in sinks for p in s.paths()], [])
+    k = None if is_stream else len(observations)
+    if truth is not None:
+        if is_stream:
+            raise ValueError("`truth` needs an ObservationSeries (aligned by index), not a stream.")
+        truth = jnp.asarray(truth)
+        check_shape(truth, (k, *state_shape), "truth", "(K, *state_shape)")
+    if save_ensembles and not isinstance(belief0, Ensemble):
+        raise ValueError("`save_ensembles=True` needs an ensemble belief.")
+    if chunk_size is None:
+        chunk_size = 1 if is_stream else (100 if sinks else max(k, 1))
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}.")
+    if max_gap is not None and not max_gap > 0:
+        raise ValueError(f"`max_gap` must be positive; got {max_gap!r}.")
+    if resume and checkpoint is None:
+        raise ValueError("`resume=True` needs a `Checkpoint` sink to resume from.")
+    t_dtype = jnp.result_type(float) if is_stream else observations.times.dtype
+    t0 = jnp.asarray(t0, t_dtype)
+    if not math.isfinite(float(t0)):
+        raise ValueError(f"`t0` must be finite; got {float(t0)!r}.")
+    typical = None
+    if not is_stream and k > 1:
+        typical = float(np.median(np.diff(np.asarray(observations.times))))
+    run_id = dict(fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key))
+
+    # Where to start: the beginning or a checkpoint --------------------------------------
+    result = initial_result()
+    belief, t_start, start, meta = belief0, t0, 0, {}
+    if resume and not checkpoint.path.exists():
+        import warnings
+
+        warnings.warn(
+            f"No checkpoint {str(checkpoint.path)!r} yet (the run stopped before its first "
+            "checkpoint): starting from the beginning.",
+            stacklevel=2,
+        )
+        resume = False
+    if resume:
+        (belief, t_start, result), meta = checkpoint.load((belief0, t0, result))
+        for name, what in (
+            ("fingerprint", "filter, model or observation operator"),
+            ("key", "key"),
+        ):
+            if meta.get(name) != run_id[name]:
+                raise ValueError(
+                    f"The checkpoint {str(checkpoint.path)!r} comes from a run with another "
+                    f"{what}; resume with the same settings (or start afresh without resume)."
+                )
+        start = int(meta["records"])
+    elif checkpoint is not None:
+        checkpoint.check_writable()
+    if not resume and not is_stream and k > 0 and is_concrete(observations.times):
+        if not float(t0) < float(observations.times[0]):
+            raise ValueError(
+                f"`t0` ({float(t0)}) must be earlier than the first observation time "
+                f"({float(observations.times[0])})."
+            )
+    # A running hash of the records assimilated: a resume must see the same ones.
+    digest = hashlib.sha256()
+    chunks = _records(observations, start, chunk_size, digest)
+    if resume:
+        first_chunk = next(chunks, None)  # hashes the records skipped
+        if digest.hexdigest() != meta.get("records_sha256"):
+            raise ValueError(
+                f"The first {start} records of `observations` differ from those the checkpoint "
+                f"{str(checkpoint.path)!r} assimilated; resume with the same observations."
+            )
+        if first_chunk is None:
+            raise ValueError(
+                f"Nothing left to assimilate: the checkpoint already covers all {start} records."
+            )
+        chunks = _prepend(first_chunk, chunks)
+
+    # The loop, chunk by chunk -------------------------------------------------------
+    info = RunInfo(state_shape, start, k, resume, run_id)
+    started: list[AbstractSink] = []
+    outputs, last = [], None
+    try:
+        for sink in sinks:
+            sink.start(info)
+            started.append(sink)
+        for lo, chunk in chunks:
+            if not float(chunk.times[0]) > float(t_start):
+                raise ValueError(
+                    f"Observation record {lo} is at time {float(chunk.times[0])!r}, not after "
+                    f"the previous time {float(t_start)!r} (times must increase strictly; "
+                    "`t0` must precede the first record)."
+                )
+            _check_gaps(chunk.times, t_start, lo, max_gap, typical)
+            truth_chunk = None if truth is None else truth[lo : lo + len(chunk)]
+            belief, result, chunk_out = run_cycles(
+                filter,
+                dynamics,
+                chunk,
+                belief,
+                t_start,
+                truth_chunk,
+                jnp.asarray(lo, jnp.int32),
+                key,
+                result,
+                save_ensembles,
+                scores,
+            )
+            chunk_out["times"] = chunk.times
+            _digest(digest, chunk)
+            t_start = chunk.times[-1]
+            done = lo + len(chunk)
+            state = (belief, t_start, result)
+            chunk_meta = dict(run_id, records=done, records_sha256=digest.hexdigest())
+            chunk_out = jax.device_get(chunk_out) if sinks else chunk_out
+            last = ChunkResult(lo, done, chunk_out, state, chunk_meta)
+            outputs.append(chunk_out)
+            for sink in sinks:
+                sink.write(last)
+    finally:
+        for sink in reversed(started):
+            sink.close(last)
+    if not outputs:
+        raise ValueError("`observations` holds no records to assimilate.")
+    out = jtu.tree_map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *outputs)
+    return make_solution(out, belief, result, throw)
+
+
+def _prepend(first, rest):
+    yield first
+    yield from rest
+
+
+def progress_sinks(progress: bool | None, description: str | None = None) -> list[AbstractSink]:
+    """`[ProgressBar()]` if `progress` (None: when standard error is a terminal or a
+    notebook is running), else `[]`."""
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return [ProgressBar(description)] if progress else []

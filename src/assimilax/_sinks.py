@@ -1,0 +1,418 @@
+"""Where the driver's results go while a long assimilation runs: an output file that
+grows record by record, checkpoints, a progress bar. Each is a *sink*: the driver
+calls `start` once, `write` after every chunk, `close` when the run stops (for any
+reason). The pure loop (`assimilate`) knows nothing of them.
+
+Also the file-level machinery they share: interrupts deferred while a file is
+written, exclusive locks on output paths, the checkpoint format.
+"""
+
+import abc
+import contextlib
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+
+from . import _schema
+from ._io import atomic_write, netcdf_safe
+
+
+# Interrupts -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM while a file is being written; deliver them (to
+    the handlers in place before) once the block is done, so an interrupt never
+    leaves a half-written file. Outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s in signals:
+            signal.signal(s, previous[s])
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
+class PathLock:
+    """An exclusive lock on `path` for one run's lifetime (a `.NAME.lock` file beside
+    it, locked with `flock`; the lock goes with the process, even on a hard kill).
+    A second run on the same path gets a one-line `ValueError`."""
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path = Path(path)
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(
+                f"The {self.what} {str(self.path)!r} is in use by another run; wait for it "
+                "to finish or choose another path."
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+# Output files that grow --------------------------------------------------------------
+
+
+class AppendableNetCDF:
+    """A netCDF file with an unlimited `time` dimension, extended record by record.
+
+    `create` writes the empty file atomically (dimensions, variables, attributes).
+    `append` opens it, writes the new records, closes it (so everything is flushed
+    to disk between appends) with SIGINT/SIGTERM deferred: the file on disk always
+    holds a whole number of appended blocks. `truncate` cuts it back to its first
+    records (used on resume), rebuilding the file from its readable records, so a
+    tail damaged by a hard kill or a full disk is repaired.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def create(
+        self,
+        variables: Mapping[str, tuple[tuple[str, ...], np.dtype, Mapping[str, object]]],
+        dims: Mapping[str, int],
+        coords: Mapping[str, tuple[np.ndarray, Mapping[str, object]]],
+        attrs: Mapping[str, object],
+    ) -> None:
+        """`variables[name] = (dims, dtype, attrs)`, the first dim `time` (unlimited);
+        `dims` the sizes of the other dimensions; `coords[dim] = (values, attrs)`."""
+        import netCDF4
+
+        def write(tmp):
+            with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+                nc.createDimension("time", None)
+                for name, size in dims.items():
+                    nc.createDimension(name, size)
+                for name, (values, cattrs) in coords.items():
+                    var = nc.createVariable(name, np.asarray(values).dtype, (name,))
+                    var[:] = values
+                    var.setncatts(netcdf_safe(dict(cattrs)))
+                for name, (vdims, dtype, vattrs) in variables.items():
+                    var = nc.createVariable(name, dtype, vdims)
+                    var.setncatts(netcdf_safe(dict(vattrs)))
+                nc.setncatts(netcdf_safe(dict(attrs)))
+
+        with deferred_interrupts():
+            atomic_write(self.path, write)
+
+    def __len__(self) -> int:
+        import netCDF4
+
+        with netCDF4.Dataset(self.path, "r") as nc:
+            return len(nc.dimensions["time"])
+
+    def append(self, records: Mapping[str, np.ndarray]) -> None:
+        """Append the `(k, ...)` arrays `records[name]` (every time variable) at the end."""
+        import netCDF4
+
+        try:
+            with deferred_interrupts(), netCDF4.Dataset(self.path, "a") as nc:
+                n = len(nc.dimensions["time"])
+                for name, values in records.items():
+                    values = np.asarray(values)
+                    nc.variables[name][n : n + values.shape[0]] = values
+        except (OSError, RuntimeError) as e:
+            raise OSError(
+                f"Could not append to {str(self.path)!r} ({e}); the disk may be full. The "
+                "checkpoint is intact: free some space and continue with --resume."
+            ) from None
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first `n` records (rewritten atomically)."""
+        import xarray as xr
+
+        try:
+            with xr.open_dataset(self.path, engine="netcdf4", decode_times=False) as ds:
+                ds = ds.isel(time=slice(0, n)).load()
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"Cannot resume: the output file {str(self.path)!r} cannot be read back "
+                f"({e}); move it away and start afresh."
+            ) from None
+        encoding = {v: {"_FillValue": None} for v in ds.variables}
+        with deferred_interrupts():
+            atomic_write(
+                self.path,
+                lambda tmp: ds.to_netcdf(
+                    tmp, engine="netcdf4", unlimited_dims=["time"], encoding=encoding
+                ),
+            )
+
+
+# Checkpoints ------------------------------------------------------------------------
+
+_MAGIC = b"ASSIMILAX-CHECKPOINT-1\n"
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True if `path` is a file that starts like an assimilax checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
+
+
+def save_checkpoint(path: str | os.PathLike, tree, meta: Mapping[str, object]) -> Path:
+    """Write the pytree `tree` (its array leaves, `equinox.tree_serialise_leaves`) and
+    the JSON-able `meta` to one file, atomically and with interrupts deferred."""
+    header = json.dumps(dict(meta)).encode()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC)
+            f.write(len(header).to_bytes(8, "little"))
+            f.write(header)
+            eqx.tree_serialise_leaves(f, tree)
+
+    with deferred_interrupts():
+        return atomic_write(path, write)
+
+
+def load_checkpoint(path: str | os.PathLike, like) -> tuple[object, dict]:
+    """Read a checkpoint written by `save_checkpoint`: returns `(tree, meta)`, the tree
+    with the structure of `like`.
+
+    **Raises:** `ValueError` if the file is missing, not a checkpoint, truncated, or
+    holds a tree of another structure.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No checkpoint file {str(path)!r} to resume from.")
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        raise ValueError(f"{str(path)!r} is not an assimilax checkpoint.")
+    try:
+        start = len(_MAGIC)
+        size = int.from_bytes(data[start : start + 8], "little")
+        meta = json.loads(data[start + 8 : start + 8 + size])
+        tree = eqx.tree_deserialise_leaves(io.BytesIO(data[start + 8 + size :]), like)
+    except Exception as e:
+        raise ValueError(
+            f"The checkpoint {str(path)!r} is truncated or does not match this run's "
+            f"belief (another filter, model or ensemble size?): {e}"
+        ) from None
+    return tree, meta
+
+
+# The sinks --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """What a sink learns when the run starts: the state shape, the record the run
+    starts from (> 0 on resume), the total number of records if known, and the run's
+    identity (fingerprint of filter + model + operator, key bits)."""
+
+    state_shape: tuple[int, ...]
+    start: int
+    total: int | None
+    resume: bool
+    run_id: dict
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """One chunk's results, as the driver hands them to its sinks: the global index
+    of its first record, its per-cycle outputs (NumPy, `times` included), and the
+    state after it (`state` is what a checkpoint saves; `meta` its bookkeeping)."""
+
+    first: int
+    done: int
+    outputs: dict
+    state: tuple
+    meta: dict
+
+
+class AbstractSink(abc.ABC):
+    """Receives each chunk of a driven run. Sinks own files and terminals, so they are
+    plain Python objects, not pytrees; they never change the numbers."""
+
+    def paths(self) -> list[Path]:
+        """Files this sink writes (checked against the inputs and each other)."""
+        return []
+
+    def start(self, info: RunInfo) -> None:  # noqa: B027 (an optional hook)
+        """Called once before the first chunk (after every input check)."""
+
+    @abc.abstractmethod
+    def write(self, chunk: ChunkResult) -> None:
+        """Called after every chunk."""
+
+    def close(self, last: ChunkResult | None) -> None:  # noqa: B027 (an optional hook)
+        """Called once when the run stops, normally or not; `last` is the last chunk
+        finished (None if none was)."""
+
+
+class NetCDFOutput(AbstractSink):
+    """Append every cycle's diagnostics (`_schema.CYCLE_OUTPUTS` present in the run)
+    to a CF netCDF file with an unlimited `time` dimension, after every chunk. Between
+    appends the file is complete and readable. `attrs` become global attributes;
+    `time_encoding` (from `read_observations`) writes times back as CF dates in the
+    input's calendar."""
+
+    def __init__(self, path, attrs: Mapping | None = None, time_encoding: Mapping | None = None):
+        self.path = Path(path)
+        self.attrs = dict(attrs or {})
+        self.time_encoding = dict(time_encoding or {})
+        self._file = AppendableNetCDF(self.path)
+        self._lock = PathLock(self.path, "output file")
+        self._created = False
+
+    def paths(self):
+        return [self.path]
+
+    def start(self, info):
+        self._lock.acquire()
+        self._state_shape = info.state_shape
+        if not info.resume or info.start == 0:
+            return
+        if not self.path.is_file():
+            raise ValueError(f"Cannot resume: the output file {str(self.path)!r} is missing.")
+        try:
+            written = len(self._file)
+        except (OSError, RuntimeError, KeyError):
+            written = None  # a damaged file: rebuilt from its readable records below
+        if written is not None and written < info.start:
+            raise ValueError(
+                f"Cannot resume: {str(self.path)!r} holds {written} records but the checkpoint "
+                f"{info.start}; was it replaced?"
+            )
+        self._file.truncate(info.start)  # also repairs a damaged tail
+        self._created = True
+
+    def _times(self, times):
+        enc = self.time_encoding
+        if "origin" not in enc:
+            return np.asarray(times, np.float64), _schema.model_time_attrs()
+        from ._streams import duration_seconds
+
+        step = enc["units"].split(" since ", 1)[0]
+        scale = duration_seconds(enc["model_time_unit"]) / duration_seconds(step)
+        offset = float(enc.get("offset", 0.0))
+        attrs = {"units": enc["units"], "calendar": enc["calendar"], "standard_name": "time"}
+        return offset + np.asarray(times, np.float64) * scale, attrs
+
+    def write(self, chunk):
+        out = chunk.outputs
+        records = {name: out[name] for name in _schema.CYCLE_OUTPUTS if name in out}
+        times, time_attrs = self._times(out["times"])
+        if not self._created:
+            sdims = _schema.state_dims(self._state_shape)
+            variables = {"time": (("time",), np.dtype(np.float64), time_attrs)}
+            for name, value in records.items():
+                value = np.asarray(value)
+                dims = ("time", *sdims) if value.ndim > 1 else ("time",)
+                variables[name] = (dims, value.dtype, _schema.variable_attrs(name))
+            dims = dict(zip(sdims, self._state_shape, strict=True))
+            coords = {d: (np.arange(n), _schema.state_coordinate_attrs(d)) for d, n in dims.items()}
+            attrs = {"Conventions": _schema.CONVENTIONS, **self.attrs}
+            self._file.create(variables, dims, coords, attrs)
+            self._created = True
+        self._file.append({"time": times, **records})
+
+    def close(self, last):
+        self._lock.release()
+
+
+class Checkpoint(AbstractSink):
+    """Save the belief, the position in the record sequence, the key and the run's
+    identity every `every` records (at the end of the first chunk at or past each
+    multiple; None: only when the run stops) and when the run stops for any reason,
+    atomically: nothing already assimilated is lost. `assimilate_stream(...,
+    resume=True)` continues from it."""
+
+    def __init__(self, path, every: int | None = None):
+        if every is not None and not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"`every` must be a positive int or None; got {every!r}.")
+        self.path = Path(path)
+        self.every = every
+        self._lock = PathLock(self.path, "checkpoint file")
+        self._saved = 0
+
+    def paths(self):
+        return [self.path]
+
+    def check_writable(self) -> None:
+        """Refuse to overwrite a file that is not an assimilax checkpoint."""
+        if self.path.exists() and not is_checkpoint(self.path):
+            raise ValueError(
+                f"The checkpoint path {str(self.path)!r} holds a file that is not an "
+                "assimilax checkpoint; it will not be overwritten. Choose another path."
+            )
+
+    def load(self, like) -> tuple[object, dict]:
+        return load_checkpoint(self.path, like)
+
+    def start(self, info):
+        self._lock.acquire()
+        self._saved = info.start
+
+    def _save(self, chunk):
+        save_checkpoint(self.path, chunk.state, chunk.meta)
+        self._saved = chunk.done
+
+    def write(self, chunk):
+        every = self.every
+        if every is not None and chunk.done // every > self._saved // every:
+            self._save(chunk)
+
+    def close(self, last):
+        try:
+            if last is not None and last.done > self._saved:
+                self._save(last)
+        finally:
+            self._lock.release()
+
+
+class ProgressBar(AbstractSink):
+    """A `tqdm` progress bar over records (`tqdm.auto`: a widget in notebooks)."""
+
+    def __init__(self, description: str | None = None):
+        self.description = description
+        self._bar = None
+
+    def start(self, info):
+        from tqdm.auto import tqdm
+
+        total = None if info.total is None else info.total - info.start
+        self._bar = tqdm(total=total, unit="cycle", desc=self.description, leave=False)
+
+    def write(self, chunk):
+        if self._bar is not None:
+            self._bar.update(chunk.done - chunk.first)
+
+    def close(self, last):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,24 @@
+"""Experiments: model presets (`MODELS`), filters and observations by name, truth runs
+(`simulate`), twin experiments and their dataset/summary schema, synthetic sensor files."""
+
+from ._dataset import (
+    SUMMARY_COLUMNS as SUMMARY_COLUMNS,
+    status as status,
+    summarise as summarise,
+    twin_dataset as twin_dataset,
+)
+from ._presets import MODELS as MODELS, ModelSetup as ModelSetup, get_model as get_model
+from ._registry import (
+    FILTERS as FILTERS,
+    OPTIONS as OPTIONS,
+    make_filter as make_filter,
+    make_observation as make_observation,
+)
+from ._sensors import make_sensors as make_sensors
+from ._simulate import (
+    climatology_states as climatology_states,
+    domain_lengths as domain_lengths,
+    perturbations as perturbations,
+    simulate as simulate,
+)
+from ._twin import twin_experiment as twin_experiment
