@@ -16,6 +16,7 @@ from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
 from .filters import AbstractFilter
 from .metrics import cycle_scores, innovation_ratio, rmse
+from .observations import Identity, Interpolate, Subsample
 
 
 class Solution(eqx.Module):
@@ -175,14 +176,27 @@ def check_run_inputs(filter, dynamics, observation, belief0, dtype) -> tuple[int
     check_finite(mean0, "belief0 (its mean)")
     if isinstance(belief0, Ensemble):
         check_finite(belief0.members, "belief0.members")
+    name = type(observation).__name__
     try:
-        jax.eval_shape(observation.apply, jax.ShapeDtypeStruct(state_shape, mean0.dtype))
+        out = jax.eval_shape(observation.apply, jax.ShapeDtypeStruct(state_shape, mean0.dtype))
     except Exception as e:
         message = " ".join(str(e).split())[:200]
         raise ValueError(
-            f"The observation operator {type(observation).__name__} does not accept a state of "
-            f"the dynamics' shape {state_shape}: {message}"
+            f"The observation operator {name} does not accept a state of the dynamics' shape "
+            f"{state_shape}: {message}"
         ) from None
+    if tuple(out.shape) != (observation.obs_dim,):
+        raise ValueError(
+            f"The observation operator {name} does not accept a state of the dynamics' shape "
+            f"{state_shape}: it maps it to shape {tuple(out.shape)}, but its noise has "
+            f"{observation.obs_dim} values (built for another state size?)."
+        )
+    gridded = isinstance(observation, Identity | Subsample | Interpolate)
+    if gridded and tuple(observation.state_shape) != state_shape:
+        raise ValueError(
+            f"The observation operator {name} does not accept a state of the dynamics' shape "
+            f"{state_shape}: it was built for state shape {tuple(observation.state_shape)}."
+        )
     return state_shape
 
 

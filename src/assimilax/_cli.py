@@ -684,7 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (printed as one line), --help, --version
+        return int(e.code or 0)
     try:
         return args.run(args)
     except (ValueError, TypeError, OSError, MemoryError) as e:

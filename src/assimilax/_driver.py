@@ -169,6 +169,8 @@ def assimilate_stream(
     if len(checkpoints) > 1:
         raise ValueError("`sinks` holds more than one Checkpoint.")
     checkpoint = checkpoints[0] if checkpoints else None
+    # Checkpoints last: one is only taken of a chunk every other sink has written.
+    sinks = tuple(s for s in sinks if not isinstance(s, Checkpoint)) + tuple(checkpoints)
     check_output_paths([(type(s).__name__, p) for s in sinks for p in s.paths()], [])
     k = None if is_stream else len(observations)
     if truth is not None:
@@ -280,10 +282,11 @@ def assimilate_stream(
             state = (belief, t_start, result)
             chunk_meta = dict(run_id, records=done, records_sha256=digest.hexdigest())
             chunk_out = jax.device_get(chunk_out) if sinks else chunk_out
-            last = ChunkResult(lo, done, chunk_out, state, chunk_meta)
+            result_ = ChunkResult(lo, done, chunk_out, state, chunk_meta)
             outputs.append(chunk_out)
             for sink in sinks:
-                sink.write(last)
+                sink.write(result_)
+            last = result_  # every sink has it: a checkpoint may now be taken of it
     finally:
         for sink in reversed(started):
             sink.close(last)

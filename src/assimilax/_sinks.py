@@ -133,19 +133,23 @@ class AppendableNetCDF:
 
     def append(self, records: Mapping[str, np.ndarray]) -> None:
         """Append the `(k, ...)` arrays `records[name]` (every time variable) at the end."""
-        import netCDF4
-
         try:
-            with deferred_interrupts(), netCDF4.Dataset(self.path, "a") as nc:
-                n = len(nc.dimensions["time"])
-                for name, values in records.items():
-                    values = np.asarray(values)
-                    nc.variables[name][n : n + values.shape[0]] = values
+            with deferred_interrupts():
+                self._write(records)
         except (OSError, RuntimeError) as e:
             raise OSError(
                 f"Could not append to {str(self.path)!r} ({e}); the disk may be full. The "
                 "checkpoint is intact: free some space and continue with --resume."
             ) from None
+
+    def _write(self, records: Mapping[str, np.ndarray]) -> None:
+        import netCDF4
+
+        with netCDF4.Dataset(self.path, "a") as nc:
+            n = len(nc.dimensions["time"])
+            for name, values in records.items():
+                values = np.asarray(values)
+                nc.variables[name][n : n + values.shape[0]] = values
 
     def truncate(self, n: int) -> None:
         """Keep only the first `n` records (rewritten atomically)."""

@@ -184,7 +184,21 @@ def batch_records(observation: AbstractObservation, records: list, first: int) -
         if mask.shape != (m,) or mask.dtype != np.bool_:
             raise ValueError(f"{where}: `mask` must be a boolean array of shape ({m},).")
         std = record.noise_std
-        rows.append((float(record.time), values, mask, None if std is None else np.asarray(std)))
+        if std is not None:
+            std = np.asarray(std, np.float64)
+            if std.shape != (m,):
+                raise ValueError(f"{where}: `noise_std` must have shape ({m},); got {std.shape}.")
+            bad = mask & ~np.isnan(values) & ~((std > 0) & np.isfinite(std))
+            if bad.any():
+                j = int(np.nonzero(bad)[0][0])
+                raise ValueError(
+                    f"{where}: `noise_std` must be positive and finite for every observed "
+                    f"value; got {std[j]!r} at value {j}."
+                )
+        time = float(record.time)
+        if not np.isfinite(time):
+            raise ValueError(f"{where}: `time` must be finite; got {time!r}.")
+        rows.append((time, values, mask, std))
     has_std = {r[3] is not None for r in rows}
     if len(has_std) > 1:
         raise ValueError(
