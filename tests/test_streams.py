@@ -427,6 +427,7 @@ def test_cli_assimilate_bad_input_writes_nothing(tmp_path, sensor_file, capsys):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_sigterm_then_resume(tmp_path, sensor_file):
     """A run killed with SIGTERM leaves a valid file and checkpoint; --resume then
     gives the same file as a run that was never stopped."""

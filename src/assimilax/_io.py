@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import numpy as np
 
 
@@ -90,11 +91,30 @@ def read_netcdf(path: str | os.PathLike, *, decode_times: bool = True):
         ) from None
 
 
+class _Short:
+    """A placeholder that prints an array as its dtype and shape, e.g. `f32[128,64]`."""
+
+    def __init__(self, array):
+        self.text = f"{np.dtype(array.dtype).name}{list(array.shape)}".replace(" ", "")
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def describe(module: eqx.Module) -> str:
-    """A one-line description of a filter (or any module) with its numeric settings."""
+    """A one-line description of a filter (or any module) with its numeric settings;
+    arrays of more than 16 numbers (network weights) are shown as dtype and shape."""
+    import jax.tree_util as jtu
+
+    def short(leaf):
+        big = isinstance(leaf, np.ndarray | jax.Array) and np.size(leaf) > 16
+        return _Short(leaf) if big else leaf
+
+    module = jtu.tree_map(short, module)
     text = " ".join(eqx.tree_pformat(module, short_arrays=False).split())
     # "Array(1.02, dtype=float64, weak_type=True)" -> "1.02"
     text = re.sub(r"Array\(([^,()]+), dtype=[^)]*\)", r"\1", text)
+    text = re.sub(r" at 0x[0-9a-f]+", "", text)  # memory addresses differ between runs
     return text.replace("( ", "(").replace(" )", ")")
 
 
