@@ -172,7 +172,7 @@ def test_obs_std_override_is_said(sensor_file, tmp_path, capsys):
     assert main([*ASSIM, "--obs", str(path), "--out", str(out), "--obs-std", "0.5"]) == 0
     assert "--obs-std 0.5 replaces" in capsys.readouterr().err
     data = ax.read_observations(path, (D,), noise_std=0.5, override_std=True)
-    std = np.where(data.series.mask, data.series.noise_std, 0.5)
+    std = np.where(data.series.mask, data.series.error_std(), 0.5)
     assert data.std_source == "argument" and np.allclose(std, 0.5)
 
 

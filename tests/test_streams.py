@@ -280,7 +280,8 @@ def test_sensor_file_round_trip(sensor_file):
     assert np.array_equal(np.isnan(values), ~np.asarray(series.mask))
     assert np.array_equal(np.asarray(series.values)[series.mask], values[~np.isnan(values)])
     assert np.array_equal(
-        np.asarray(series.noise_std)[series.mask], ds["observations_std"].values[~np.isnan(values)]
+        np.asarray(series.error_std())[series.mask],
+        ds["observations_std"].values[~np.isnan(values)],
     )
     # CF hours -> model time (1 model unit = 5 days): the times the truth was run at.
     assert np.allclose(np.asarray(series.times), ds["time"].values / 120.0, rtol=1e-12)
@@ -318,7 +319,7 @@ def test_cf_times_in_other_calendars(calendar):
     expected = np.array([(d - origin).total_seconds() / 21600 for d in dates])
     assert expected[-1] == {"noleap": 236, "360_day": 240, "julian": 236}[calendar]
     assert np.allclose(np.asarray(series.times), expected)
-    assert np.all(series.noise_std == 0.5)
+    assert np.all(series.error_std() == 0.5)
 
 
 @pytest.mark.parametrize(

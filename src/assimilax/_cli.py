@@ -429,7 +429,6 @@ def _run_assimilate(args) -> int:
     from ._io import describe
     from ._streams import read_observations
     from .experiments import climatology_states, domain_lengths, make_filter
-    from .metrics import divergence
 
     setup, dim, dynamics = _setup(args)
     # Everything is read and checked before anything is written.
@@ -460,18 +459,7 @@ def _run_assimilate(args) -> int:
     init_key, filter_key, run_key = jr.split(jr.key(args.seed), 3)
     ensemble = Ensemble(climatology_states(setup, dynamics, members, key=init_key))
     t0 = series.times[0] - setup.obs_interval
-    attrs = {
-        "title": "assimilax analysis",
-        "source": "assimilax assimilate",
-        "source_file": str(args.obs),
-        "model": setup.name,
-        "dim": dim,
-        "filter": describe(flt),
-        "members": members,
-        "seed": args.seed,
-        "precision": args.precision,
-        "t0": float(t0),
-    }
+    attrs = _analysis_attrs(args, setup, dim, describe(flt), members, float(t0))
     resume = args.resume
     if resume and not Path(checkpoint).exists():
         print(
@@ -506,7 +494,32 @@ def _run_assimilate(args) -> int:
         max_gap=args.max_gap,
         throw=False,
     )
-    seconds = time.perf_counter() - start
+    return _assimilate_outcome(sol, time.perf_counter() - start, args.out)
+
+
+def _analysis_attrs(args, setup, dim, description, members, t0) -> dict:
+    """The global attributes of an `assimilate` output file."""
+    return {
+        "title": "assimilax analysis",
+        "source": "assimilax assimilate",
+        "source_file": str(args.obs),
+        "model": setup.name,
+        "dim": dim,
+        "filter": description,
+        "members": members,
+        "seed": args.seed,
+        "precision": args.precision,
+        "t0": t0,
+    }
+
+
+def _assimilate_outcome(sol, seconds: float, out) -> int:
+    """Print the run's summary line; the exit code: 1 if the filter failed or diverged."""
+    import jax.numpy as jnp
+
+    from ._results import RESULTS
+    from .metrics import divergence
+
     cycles = len(sol.times)
     line = (
         f"{cycles} cycles in {seconds:.1f} s ({cycles / seconds:.0f} cycles/s); "
@@ -520,19 +533,17 @@ def _run_assimilate(args) -> int:
             f"{float(jnp.mean(sol.rmse_forecast[burn:])):.4f}"
         )
     print(line)
-    from ._results import RESULTS
-
     if sol.result != RESULTS.successful:
         print(f"assimilax assimilate: the filter failed: {RESULTS[sol.result]}", file=sys.stderr)
         return 1
     if sol.innovation_ratio is not None and divergence(sol.innovation_ratio, cycles // 10):
         print(
             "assimilax assimilate: the filter DIVERGED (innovations far beyond the ensemble "
-            f"spread; {args.out} was written): try more inflation or members",
+            f"spread; {out} was written): try more inflation or members",
             file=sys.stderr,
         )
         return 1
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

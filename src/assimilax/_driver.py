@@ -20,7 +20,7 @@ from ._assimilate import (
     run_cycles,
 )
 from ._belief import AbstractBelief
-from ._checks import check_shape, is_concrete
+from ._checks import check_shape
 from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
 from ._ensemble import Ensemble
 from ._io import check_output_paths, fingerprint
@@ -147,10 +147,69 @@ def assimilate_stream(
     - `max_gap`: the longest allowed time between observations (default: 1000 times
       the series' median gap; streams: no limit unless given).
 
-    **Returns:** a `Solution` over the records assimilated by this call (after the
-    checkpoint's, when resuming).
+    **Returns:** a `Solution` over the records this call assimilated.
     """
-    # Error checking -----------------------------------------------------------------
+    is_stream = isinstance(observations, ObservationStream)
+    state_shape, sinks, checkpoint, truth, chunk_size, t0 = _checked(
+        filter, dynamics, observations, belief0, key, t0, truth, sinks, chunk_size, resume,
+        max_gap, save_ensembles,
+    )  # fmt: skip
+    k = None if is_stream else len(observations)
+    typical = None if is_stream or k < 2 else float(np.median(np.diff(observations.times)))
+    operator = observations.observation
+    run_id = dict(fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key))
+
+    # Where to start: the beginning or a checkpoint ------------------------------------
+    resume = resume and _has_checkpoint(checkpoint)
+    carry, start, meta = (belief0, t0, initial_result()), 0, {}
+    if resume:
+        carry, start, meta = _load(checkpoint, carry, run_id)
+    elif checkpoint is not None:
+        checkpoint.check_writable()
+    if not resume and not is_stream and k > 0 and not float(t0) < float(observations.times[0]):
+        raise ValueError(
+            f"`t0` ({float(t0)}) must be earlier than the first observation time "
+            f"({float(observations.times[0])})."
+        )
+    # A running hash of the records assimilated: a resume must see the same ones.
+    digest = hashlib.sha256()
+    chunks = _records(observations, start, chunk_size, digest)
+    if resume:
+        chunks = _check_skipped(chunks, digest, meta, start, checkpoint)
+
+    # The loop, chunk by chunk -------------------------------------------------------
+    def step(carry, lo, chunk):
+        belief, t_start, result = carry
+        if not float(chunk.times[0]) > float(t_start):
+            raise ValueError(
+                f"Observation record {lo} is at time {float(chunk.times[0])!r}, not after "
+                f"the previous time {float(t_start)!r} (times must increase strictly; "
+                "`t0` must precede the first record)."
+            )
+        _check_gaps(chunk.times, t_start, lo, max_gap, typical)
+        truth_chunk = None if truth is None else truth[lo : lo + len(chunk)]
+        first = jnp.asarray(lo, jnp.int32)
+        belief, result, out = run_cycles(
+            filter, dynamics, chunk, belief, t_start, truth_chunk, first, key, result,
+            save_ensembles, scores,
+        )  # fmt: skip
+        out["times"] = chunk.times
+        return (belief, chunk.times[-1], result), out
+
+    info = RunInfo(state_shape, start, k, resume, run_id)
+    carry, outputs = _drive(step, carry, chunks, sinks, info, digest)
+    if not outputs:
+        raise ValueError("`observations` holds no records to assimilate.")
+    out = jtu.tree_map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *outputs)
+    return make_solution(out, carry[0], carry[2], throw)
+
+
+def _checked(
+    filter, dynamics, observations, belief0, key, t0, truth, sinks, chunk_size, resume, max_gap,
+    save_ensembles,
+):  # fmt: skip
+    """Every check of `assimilate_stream`'s inputs, before anything is compiled or
+    written; returns `(state_shape, sinks, checkpoint, truth, chunk_size, t0)`."""
     is_stream = isinstance(observations, ObservationStream)
     if not (is_stream or isinstance(observations, ObservationSeries)):
         raise TypeError(
@@ -158,20 +217,9 @@ def assimilate_stream(
             f"{type(observations).__name__}."
         )
     check_key(key)
-    operator = observations.observation
     dtype = None if is_stream else observations.values.dtype
-    state_shape = check_run_inputs(filter, dynamics, operator, belief0, dtype)
-    sinks = tuple(sinks)
-    for i, sink in enumerate(sinks):
-        if not isinstance(sink, AbstractSink):
-            raise TypeError(f"`sinks[{i}]` must be a sink; got {type(sink).__name__}.")
-    checkpoints = [s for s in sinks if isinstance(s, Checkpoint)]
-    if len(checkpoints) > 1:
-        raise ValueError("`sinks` holds more than one Checkpoint.")
-    checkpoint = checkpoints[0] if checkpoints else None
-    # Checkpoints last: one is only taken of a chunk every other sink has written.
-    sinks = tuple(s for s in sinks if not isinstance(s, Checkpoint)) + tuple(checkpoints)
-    check_output_paths([(type(s).__name__, p) for s in sinks for p in s.paths()], [])
+    state_shape = check_run_inputs(filter, dynamics, observations.observation, belief0, dtype)
+    sinks, checkpoint = _ordered_sinks(sinks)
     k = None if is_stream else len(observations)
     if truth is not None:
         if is_stream:
@@ -188,65 +236,73 @@ def assimilate_stream(
         raise ValueError(f"`max_gap` must be positive; got {max_gap!r}.")
     if resume and checkpoint is None:
         raise ValueError("`resume=True` needs a `Checkpoint` sink to resume from.")
-    t_dtype = jnp.result_type(float) if is_stream else observations.times.dtype
-    t0 = jnp.asarray(t0, t_dtype)
+    t0 = jnp.asarray(t0, jnp.result_type(float) if is_stream else observations.times.dtype)
     if not math.isfinite(float(t0)):
         raise ValueError(f"`t0` must be finite; got {float(t0)!r}.")
-    typical = None
-    if not is_stream and k > 1:
-        typical = float(np.median(np.diff(np.asarray(observations.times))))
-    run_id = dict(fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key))
+    return state_shape, sinks, checkpoint, truth, chunk_size, t0
 
-    # Where to start: the beginning or a checkpoint --------------------------------------
-    result = initial_result()
-    belief, t_start, start, meta = belief0, t0, 0, {}
-    if resume and not checkpoint.path.exists():
-        import warnings
 
-        warnings.warn(
-            f"No checkpoint {str(checkpoint.path)!r} yet (the run stopped before its first "
-            "checkpoint): starting from the beginning.",
-            stacklevel=2,
+def _ordered_sinks(sinks) -> tuple[tuple[AbstractSink, ...], Checkpoint | None]:
+    """The sinks checked, checkpoints last (one is only taken of a chunk every other
+    sink has written), their paths distinct; and the checkpoint, if any."""
+    sinks = tuple(sinks)
+    for i, sink in enumerate(sinks):
+        if not isinstance(sink, AbstractSink):
+            raise TypeError(f"`sinks[{i}]` must be a sink; got {type(sink).__name__}.")
+    checkpoints = [s for s in sinks if isinstance(s, Checkpoint)]
+    if len(checkpoints) > 1:
+        raise ValueError("`sinks` holds more than one Checkpoint.")
+    sinks = tuple(s for s in sinks if not isinstance(s, Checkpoint)) + tuple(checkpoints)
+    check_output_paths([(type(s).__name__, p) for s in sinks for p in s.paths()], [])
+    return sinks, (checkpoints[0] if checkpoints else None)
+
+
+def _has_checkpoint(checkpoint: Checkpoint) -> bool:
+    """Whether the checkpoint file exists; if not (a run stopped before its first
+    checkpoint), warn that the run starts from the beginning."""
+    if checkpoint.path.exists():
+        return True
+    import warnings
+
+    warnings.warn(
+        f"No checkpoint {str(checkpoint.path)!r} yet (the run stopped before its first "
+        "checkpoint): starting from the beginning.",
+        stacklevel=3,
+    )
+    return False
+
+
+def _load(checkpoint: Checkpoint, like, run_id: dict):
+    """`(carry, records done, meta)` from the checkpoint, refusing another run's."""
+    carry, meta = checkpoint.load(like)
+    for name, what in (("fingerprint", "filter, model or observation operator"), ("key", "key")):
+        if meta.get(name) != run_id[name]:
+            raise ValueError(
+                f"The checkpoint {str(checkpoint.path)!r} comes from a run with another "
+                f"{what}; resume with the same settings (or start afresh without resume)."
+            )
+    return carry, int(meta["records"]), meta
+
+
+def _check_skipped(chunks, digest, meta, start: int, checkpoint: Checkpoint):
+    """The chunks after a resume, once the records skipped (hashed when the first chunk
+    is pulled) are checked to be those the checkpoint assimilated."""
+    first = next(chunks, None)
+    if digest.hexdigest() != meta.get("records_sha256"):
+        raise ValueError(
+            f"The first {start} records of `observations` differ from those the checkpoint "
+            f"{str(checkpoint.path)!r} assimilated; resume with the same observations."
         )
-        resume = False
-    if resume:
-        (belief, t_start, result), meta = checkpoint.load((belief0, t0, result))
-        for name, what in (
-            ("fingerprint", "filter, model or observation operator"),
-            ("key", "key"),
-        ):
-            if meta.get(name) != run_id[name]:
-                raise ValueError(
-                    f"The checkpoint {str(checkpoint.path)!r} comes from a run with another "
-                    f"{what}; resume with the same settings (or start afresh without resume)."
-                )
-        start = int(meta["records"])
-    elif checkpoint is not None:
-        checkpoint.check_writable()
-    if not resume and not is_stream and k > 0 and is_concrete(observations.times):
-        if not float(t0) < float(observations.times[0]):
-            raise ValueError(
-                f"`t0` ({float(t0)}) must be earlier than the first observation time "
-                f"({float(observations.times[0])})."
-            )
-    # A running hash of the records assimilated: a resume must see the same ones.
-    digest = hashlib.sha256()
-    chunks = _records(observations, start, chunk_size, digest)
-    if resume:
-        first_chunk = next(chunks, None)  # hashes the records skipped
-        if digest.hexdigest() != meta.get("records_sha256"):
-            raise ValueError(
-                f"The first {start} records of `observations` differ from those the checkpoint "
-                f"{str(checkpoint.path)!r} assimilated; resume with the same observations."
-            )
-        if first_chunk is None:
-            raise ValueError(
-                f"Nothing left to assimilate: the checkpoint already covers all {start} records."
-            )
-        chunks = _prepend(first_chunk, chunks)
+    if first is None:
+        raise ValueError(
+            f"Nothing left to assimilate: the checkpoint already covers all {start} records."
+        )
+    return _prepend(first, chunks)
 
-    # The loop, chunk by chunk -------------------------------------------------------
-    info = RunInfo(state_shape, start, k, resume, run_id)
+
+def _drive(step, carry, chunks, sinks, info: RunInfo, digest):
+    """Run `carry, outputs = step(carry, first record, chunk)` over `chunks`, handing
+    each chunk's results to every sink; the sinks are closed however the run stops."""
     started: list[AbstractSink] = []
     outputs, last = [], None
     try:
@@ -254,46 +310,20 @@ def assimilate_stream(
             sink.start(info)
             started.append(sink)
         for lo, chunk in chunks:
-            if not float(chunk.times[0]) > float(t_start):
-                raise ValueError(
-                    f"Observation record {lo} is at time {float(chunk.times[0])!r}, not after "
-                    f"the previous time {float(t_start)!r} (times must increase strictly; "
-                    "`t0` must precede the first record)."
-                )
-            _check_gaps(chunk.times, t_start, lo, max_gap, typical)
-            truth_chunk = None if truth is None else truth[lo : lo + len(chunk)]
-            belief, result, chunk_out = run_cycles(
-                filter,
-                dynamics,
-                chunk,
-                belief,
-                t_start,
-                truth_chunk,
-                jnp.asarray(lo, jnp.int32),
-                key,
-                result,
-                save_ensembles,
-                scores,
-            )
-            chunk_out["times"] = chunk.times
+            carry, out = step(carry, lo, chunk)
             _digest(digest, chunk)
-            t_start = chunk.times[-1]
             done = lo + len(chunk)
-            state = (belief, t_start, result)
-            chunk_meta = dict(run_id, records=done, records_sha256=digest.hexdigest())
-            chunk_out = jax.device_get(chunk_out) if sinks else chunk_out
-            result_ = ChunkResult(lo, done, chunk_out, state, chunk_meta)
-            outputs.append(chunk_out)
+            meta = dict(info.run_id, records=done, records_sha256=digest.hexdigest())
+            out = jax.device_get(out) if sinks else out
+            result = ChunkResult(lo, done, out, carry, meta)
+            outputs.append(out)
             for sink in sinks:
-                sink.write(result_)
-            last = result_  # every sink has it: a checkpoint may now be taken of it
+                sink.write(result)
+            last = result  # every sink has it: a checkpoint may now be taken of it
     finally:
         for sink in reversed(started):
             sink.close(last)
-    if not outputs:
-        raise ValueError("`observations` holds no records to assimilate.")
-    out = jtu.tree_map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *outputs)
-    return make_solution(out, belief, result, throw)
+    return carry, outputs
 
 
 def _prepend(first, rest):

@@ -102,6 +102,14 @@ class ObservationSeries(eqx.Module):
             return self.observation
         return eqx.tree_at(lambda o: o.noise, self.observation, DiagonalCovariance(noise_std**2))
 
+    def error_std(self) -> Float[Array, "K m"]:
+        """The error standard deviation of every value: the record's own (`noise_std`)
+        where given, else the operator's (the square root of its noise variances)."""
+        if self.noise_std is not None:
+            return self.noise_std
+        std = jnp.sqrt(self.observation.noise.diagonal())
+        return jnp.broadcast_to(std[None], self.values.shape)
+
     def __getitem__(self, index: slice) -> "ObservationSeries":
         """The records `index` (a slice), with the same operator."""
         if not isinstance(index, slice):
@@ -396,16 +404,64 @@ def read_observations(
     import xarray as xr
 
     from ._io import read_netcdf
-    from .observations import Interpolate, Subsample
 
     if isinstance(source, xr.Dataset):
         ds, where = source, "the dataset"
     else:
         ds, where = read_netcdf(source, decode_times=False), repr(str(source))
     shape = (int(state_shape),) if np.ndim(state_shape) == 0 else tuple(state_shape)
-    available = ", ".join(sorted(map(str, ds.variables))) or "none"
     if "time" not in ds.variables:
-        raise ValueError(f"{where} has no `time` coordinate (variables: {available}).")
+        raise ValueError(f"{where} has no `time` coordinate (variables: {_names(ds)}).")
+    obs, variable = _observed_variable(ds, variable, units, where)
+    times, encoding = _model_times(ds["time"], time_unit, origin, where)
+    if times.ndim != 1 or times.shape[0] != obs.shape[0]:
+        raise ValueError(f"{where}: `time` must be 1-D along the observed variable's time axis.")
+    if times.size > 1 and np.any(np.diff(times) <= 0):
+        i = int(np.nonzero(np.diff(times) <= 0)[0][0]) + 1
+        kind = "duplicate" if times[i] == times[i - 1] else "decreasing"
+        raise ValueError(
+            f"{where}: times must increase strictly; record {i} has a {kind} time "
+            f"({ds['time'].values[i]!r} after {ds['time'].values[i - 1]!r})."
+        )
+    values = np.asarray(obs.values, np.float64)
+    observed = ~np.isnan(values)
+    std, std_source, has_std = _error_std(ds, obs, variable, noise_std, override_std, where)
+    # One source for the error std: the operator's noise when it is fixed per sensor
+    # (the usual case), else per value in the series (which then replaces it).
+    per_sensor = np.where(observed, std, np.nan)
+    varies = np.any(np.nanmax(per_sensor, axis=0) != np.nanmin(per_sensor, axis=0))
+    sensor_std = np.nanmax(np.where(observed, std, -np.inf), axis=0)
+    sensor_std = np.where(np.isfinite(sensor_std), sensor_std, 1.0)
+    operator = _sensor_operator(ds, shape, lengths, positions, coordinate_units, sensor_std, where)
+    if operator.obs_dim != obs.shape[1]:
+        raise ValueError(
+            f"{where}: {obs.shape[1]} sensors in {variable!r} but {operator.obs_dim} positions."
+        )
+    dtype = jnp.result_type(float)
+    series = ObservationSeries(
+        operator,
+        jnp.asarray(times, dtype),
+        jnp.asarray(values, dtype),
+        noise_std=jnp.asarray(np.where(observed, std, 1.0), dtype) if varies else None,
+    )
+    truth = None
+    if "truth" in ds.data_vars:
+        truth = np.asarray(ds["truth"].values)
+        if truth.shape != (len(times), *shape):
+            raise ValueError(
+                f"{where}: `truth` must have shape {(len(times), *shape)} for this model; got "
+                f"{truth.shape} (another model or dimension?)."
+            )
+    return SensorData(series, truth, encoding, dict(ds.attrs), std_source, has_std)
+
+
+def _names(ds) -> str:
+    return ", ".join(sorted(map(str, ds.variables))) or "none"
+
+
+def _observed_variable(ds, variable, units, where):
+    """The observed variable `(time, sensor)` (named, `observations`, or the only
+    candidate) and its name, its units checked."""
     if variable is None:
         candidates = [
             str(n)
@@ -420,60 +476,53 @@ def read_observations(
         else:
             variable = candidates[0]
     if variable not in ds.data_vars:
-        raise ValueError(f"{where} has no variable {variable!r}; it has: {available}.")
+        raise ValueError(f"{where} has no variable {variable!r}; it has: {_names(ds)}.")
     obs = ds[variable]
     if obs.ndim != 2 or "time" not in obs.dims:
         raise ValueError(
             f"{where}: {variable!r} must have dimensions (time, sensor); got {obs.dims}."
         )
-    sensor_dim = next(d for d in obs.dims if d != "time")
-    obs = obs.transpose("time", sensor_dim)
+    obs = obs.transpose("time", next(d for d in obs.dims if d != "time"))
     if units is not None and "units" in obs.attrs and str(obs.attrs["units"]) != units:
         raise ValueError(
             f"{where}: {variable!r} is in units {obs.attrs['units']!r}, but the model's state "
             f"is in {units!r}; convert the values first."
         )
-    times, encoding = _model_times(ds["time"], time_unit, origin, where)
-    if times.ndim != 1 or times.shape[0] != obs.shape[0]:
-        raise ValueError(f"{where}: `time` must be 1-D along the observed variable's time axis.")
-    if times.size > 1 and np.any(np.diff(times) <= 0):
-        i = int(np.nonzero(np.diff(times) <= 0)[0][0]) + 1
-        kind = "duplicate" if times[i] == times[i - 1] else "decreasing"
-        raise ValueError(
-            f"{where}: times must increase strictly; record {i} has a {kind} time "
-            f"({ds['time'].values[i]!r} after {ds['time'].values[i - 1]!r})."
-        )
+    return obs, variable
 
-    # Error standard deviations ----------------------------------------------------------
+
+def _error_std(ds, obs, variable, noise_std, override_std, where):
+    """`(std per value (K, m), 'file' | 'argument', whether the file has one)`; the one
+    place the error std of a sensor file is read and checked."""
     std_name = str(obs.attrs.get("ancillary_variables", "")).split()
     std_name = std_name[0] if std_name else f"{variable}_std"
-    std_source = "file"
+    has_std = std_name in ds.variables
     if noise_std is not None and not noise_std > 0:
         raise ValueError(f"`noise_std` must be positive; got {noise_std!r}.")
-    if std_name in ds.variables and not (override_std and noise_std is not None):
-        std = ds[std_name]
-        std = std.transpose(*[d for d in ("time", sensor_dim) if d in std.dims])
-        std = np.broadcast_to(np.asarray(std.values, np.float64), obs.shape)
-    elif noise_std is not None:
-        std, std_source = np.full(obs.shape, float(noise_std)), "argument"
-    else:
+    if noise_std is not None and (override_std or not has_std):
+        return np.full(obs.shape, float(noise_std)), "argument", has_std
+    if not has_std:
         raise ValueError(
             f"{where} has no error standard deviation for {variable!r} (no {std_name!r}); "
             "give one (`noise_std`, CLI --obs-std)."
         )
-    values = np.asarray(obs.values, np.float64)
-    observed = ~np.isnan(values)
-    bad = observed & ~(std > 0)
+    std = ds[std_name]
+    std = std.transpose(*[d for d in obs.dims if d in std.dims])
+    std = np.broadcast_to(np.asarray(std.values, np.float64), obs.shape)
+    bad = ~np.isnan(np.asarray(obs.values, np.float64)) & ~((std > 0) & np.isfinite(std))
     if bad.any():
         k, j = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"{where}: error standard deviations must be positive; {std_name!r} is "
             f"{std[k, j]!r} at record {k}, sensor {j}."
         )
+    return std, "file", has_std
 
-    # The operator ---------------------------------------------------------------------
-    sensor_std = np.nanmedian(np.where(observed, std, np.nan), axis=0)
-    sensor_std = np.where(np.isfinite(sensor_std), sensor_std, 1.0)
+
+def _sensor_operator(ds, shape, lengths, positions, coordinate_units, sensor_std, where):
+    """`Subsample` from `grid_index`, or `Interpolate` from positions in model units."""
+    from .observations import Interpolate, Subsample
+
     if "grid_index" in ds.variables:
         index = np.asarray(ds["grid_index"].values)
         size = math.prod(shape)
@@ -482,54 +531,33 @@ def read_observations(
                 f"{where}: `grid_index` must hold integer indices in [0, {size}) (sensors "
                 f"inside the domain); got values from {index.min()} to {index.max()}."
             )
-        operator = Subsample(shape, index, noise_std=sensor_std)
-    else:
-        names = positions or (("x",) if len(shape) == 1 else ("x", "y", "z")[: len(shape)])
-        missing = [n for n in names if n not in ds.variables]
-        if missing:
-            raise ValueError(
-                f"{where}: no sensor positions: expected `grid_index` or "
-                f"{', '.join(map(repr, names))} on the sensor dimension (variables: {available})."
-            )
-        lengths = shape if lengths is None else tuple(np.broadcast_to(lengths, (len(shape),)))
-        columns = []
-        for axis, name in enumerate(names):
-            pos = ds[name]
-            pos_units = str(pos.attrs.get("units", coordinate_units))
-            values_axis = np.asarray(pos.values, np.float64)
-            if pos_units != "grid_index" and pos_units != coordinate_units:
-                raise ValueError(
-                    f"{where}: sensor positions {name!r} are in units {pos_units!r}, but the "
-                    f"model's coordinates are in {coordinate_units!r} (or use 'grid_index')."
-                )
-            if pos_units != "grid_index":
-                outside = (values_axis < 0) | (values_axis >= lengths[axis])
-                if outside.any():
-                    j = int(np.nonzero(outside)[0][0])
-                    raise ValueError(
-                        f"{where}: sensor {j} is outside the domain: {name} = "
-                        f"{values_axis[j]!r}, domain [0, {lengths[axis]!r})."
-                    )
-                values_axis = values_axis * shape[axis] / lengths[axis]
-            columns.append(values_axis)
-        operator = Interpolate(shape, np.stack(columns, axis=1), noise_std=sensor_std)
-    if operator.obs_dim != obs.shape[1]:
+        return Subsample(shape, index, noise_std=sensor_std)
+    names = positions or (("x",) if len(shape) == 1 else ("x", "y", "z")[: len(shape)])
+    missing = [n for n in names if n not in ds.variables]
+    if missing:
         raise ValueError(
-            f"{where}: {obs.shape[1]} sensors in {variable!r} but {operator.obs_dim} positions."
+            f"{where}: no sensor positions: expected `grid_index` or "
+            f"{', '.join(map(repr, names))} on the sensor dimension (variables: {_names(ds)})."
         )
-    dtype = jnp.result_type(float)
-    series = ObservationSeries(
-        operator,
-        jnp.asarray(times, dtype),
-        jnp.asarray(values, dtype),
-        noise_std=jnp.asarray(np.where(observed, std, 1.0), dtype),
-    )
-    truth = None
-    if "truth" in ds.data_vars:
-        truth = np.asarray(ds["truth"].values)
-        if truth.shape != (len(times), *shape):
+    lengths = shape if lengths is None else tuple(np.broadcast_to(lengths, (len(shape),)))
+    columns = []
+    for axis, name in enumerate(names):
+        pos = ds[name]
+        pos_units = str(pos.attrs.get("units", coordinate_units))
+        values_axis = np.asarray(pos.values, np.float64)
+        if pos_units != "grid_index" and pos_units != coordinate_units:
             raise ValueError(
-                f"{where}: `truth` must have shape {(len(times), *shape)} for this model; got "
-                f"{truth.shape} (another model or dimension?)."
+                f"{where}: sensor positions {name!r} are in units {pos_units!r}, but the "
+                f"model's coordinates are in {coordinate_units!r} (or use 'grid_index')."
             )
-    return SensorData(series, truth, encoding, dict(ds.attrs), std_source, std_name in ds.variables)
+        if pos_units != "grid_index":
+            outside = (values_axis < 0) | (values_axis >= lengths[axis])
+            if outside.any():
+                j = int(np.nonzero(outside)[0][0])
+                raise ValueError(
+                    f"{where}: sensor {j} is outside the domain: {name} = "
+                    f"{values_axis[j]!r}, domain [0, {lengths[axis]!r})."
+                )
+            values_axis = values_axis * shape[axis] / lengths[axis]
+        columns.append(values_axis)
+    return Interpolate(shape, np.stack(columns, axis=1), noise_std=sensor_std)

@@ -66,22 +66,7 @@ def twin_experiment(
     attributes. Time-averaged scores: `summarise(ds)`. `progress`: show progress bars
     (None: when interactive).
     """
-    # Error checking -----------------------------------------------------------------
-    if not filters:
-        raise ValueError("`filters` must name at least one filter.")
-    for name, flt in filters.items():
-        if not isinstance(flt, AbstractFilter):
-            raise TypeError(f"filters[{name!r}] is not an AbstractFilter.")
-    if members < 2:
-        raise ValueError(f"`members` must be at least 2; got {members}.")
-    if cycles < 1:
-        raise ValueError(f"`cycles` must be positive; got {cycles}.")
-    if not 0 <= burn_in < cycles:
-        raise ValueError(f"`burn_in` must lie in [0, cycles={cycles}); got {burn_in}.")
-    if not 0 < obs_interval < float("inf"):
-        raise ValueError(f"`obs_interval` must be positive and finite; got {obs_interval}.")
-    if not 0 < init_std < float("inf"):
-        raise ValueError(f"`init_std` must be positive and finite; got {init_std}.")
+    _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std)
     state_shape = tuple(dynamics.state_shape)
     dtype = jnp.result_type(float)
     x0 = jnp.asarray(x0, dtype)
@@ -104,29 +89,7 @@ def twin_experiment(
         x0[None] + perturbations(dynamics, init_std, init_length_scale, members, key=ens_key)
     )
 
-    # Filters ------------------------------------------------------------------------
-    solutions, seconds = {}, []
-    for name, flt in filters.items():
-        start = time.perf_counter()
-        belief0 = flt.init(ensemble, key=run_key)
-        sinks = progress_sinks(progress, name)
-        if sinks:
-            sol = assimilate_stream(
-                flt,
-                dynamics,
-                series,
-                belief0,
-                key=run_key,
-                truth=truth,
-                throw=False,
-                sinks=sinks,
-            )
-        else:
-            sol = assimilate(flt, dynamics, series, belief0, key=run_key, truth=truth, throw=False)
-        jax.block_until_ready(sol.analysis_mean)
-        seconds.append(time.perf_counter() - start)
-        solutions[name] = sol
-
+    solutions, seconds = _run_filters(filters, dynamics, series, ensemble, truth, run_key, progress)
     settings = {
         "cycles": cycles,
         "obs_interval": obs_interval,
@@ -148,3 +111,40 @@ def twin_experiment(
         burn_in=burn_in,
         attrs=settings,
     )
+
+
+def _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std) -> None:
+    if not filters:
+        raise ValueError("`filters` must name at least one filter.")
+    for name, flt in filters.items():
+        if not isinstance(flt, AbstractFilter):
+            raise TypeError(f"filters[{name!r}] is not an AbstractFilter.")
+    if members < 2:
+        raise ValueError(f"`members` must be at least 2; got {members}.")
+    if cycles < 1:
+        raise ValueError(f"`cycles` must be positive; got {cycles}.")
+    if not 0 <= burn_in < cycles:
+        raise ValueError(f"`burn_in` must lie in [0, cycles={cycles}); got {burn_in}.")
+    if not 0 < obs_interval < float("inf"):
+        raise ValueError(f"`obs_interval` must be positive and finite; got {obs_interval}.")
+    if not 0 < init_std < float("inf"):
+        raise ValueError(f"`init_std` must be positive and finite; got {init_std}.")
+
+
+def _run_filters(filters, dynamics, series, ensemble, truth, key, progress):
+    """Each filter's `Solution` on the same observations, initial ensemble and key,
+    and its wall-clock seconds (compilation included)."""
+    solutions, seconds = {}, []
+    for name, flt in filters.items():
+        start = time.perf_counter()
+        belief0 = flt.init(ensemble, key=key)
+        sinks = progress_sinks(progress, name)
+        run = dict(key=key, truth=truth, throw=False)
+        if sinks:
+            sol = assimilate_stream(flt, dynamics, series, belief0, sinks=sinks, **run)
+        else:
+            sol = assimilate(flt, dynamics, series, belief0, **run)
+        jax.block_until_ready(sol.analysis_mean)
+        seconds.append(time.perf_counter() - start)
+        solutions[name] = sol
+    return solutions, seconds
