@@ -18,6 +18,8 @@ _LAZY = {
     "AbstractBelief": "._belief",
     "GaussianBelief": "._belief",
     "Ensemble": "._ensemble",
+    "AbstractEnsembleBelief": "._ensemble",
+    "as_ensemble": "._ensemble",
     "describe": "._io",
     "read_netcdf": "._io",
     "write_netcdf": "._io",
@@ -77,7 +79,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ._assimilate import Solution as Solution, assimilate as assimilate
     from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
     from ._driver import assimilate_stream as assimilate_stream
-    from ._ensemble import Ensemble as Ensemble
+    from ._ensemble import (
+        AbstractEnsembleBelief as AbstractEnsembleBelief,
+        Ensemble as Ensemble,
+        as_ensemble as as_ensemble,
+    )
     from ._io import (
         describe as describe,
         read_netcdf as read_netcdf,

@@ -10,7 +10,7 @@ from jax import lax
 from ._belief import AbstractBelief
 from ._checks import check_finite, check_shape, is_concrete
 from ._custom_types import Array, Float, Int, PRNGKeyArray, RealScalarLike
-from ._ensemble import Ensemble
+from ._ensemble import as_ensemble
 from ._results import RESULTS
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
@@ -102,17 +102,18 @@ def run_cycles(
             analysis_spread=analysis.spread(),
             observed=jnp.sum(mask, dtype=jnp.int32),
         )
-        if isinstance(analysis, Ensemble):
-            out["effective_size"] = analysis.effective_size()
-        if isinstance(forecast, Ensemble):
-            out["innovation_ratio"] = innovation_ratio(forecast, observation, y, mask)
+        ens_f, ens_a = as_ensemble(forecast), as_ensemble(analysis)
+        if ens_a is not None:
+            out["effective_size"] = ens_a.effective_size()
+        if ens_f is not None:
+            out["innovation_ratio"] = innovation_ratio(ens_f, observation, y, mask)
         if x_true is not None:
             out["rmse_forecast"] = rmse(mean_f, x_true, ndim)
             out["rmse_analysis"] = rmse(mean_a, x_true, ndim)
-            if scores and isinstance(analysis, Ensemble):
-                out["scores"] = cycle_scores(analysis, x_true)
+            if scores and ens_a is not None:
+                out["scores"] = cycle_scores(ens_a, x_true)
         if save_ensembles:
-            out["ensembles"] = analysis.members
+            out["ensembles"] = ens_a.members
         return (analysis, t, result), out
 
     k = observations.times.shape[0]
@@ -174,8 +175,8 @@ def check_run_inputs(filter, dynamics, observation, belief0, dtype) -> tuple[int
             "`jax.config.update('jax_enable_x64', True)` before creating any array)."
         )
     check_finite(mean0, "belief0 (its mean)")
-    if isinstance(belief0, Ensemble):
-        check_finite(belief0.members, "belief0.members")
+    if as_ensemble(belief0) is not None:
+        check_finite(as_ensemble(belief0).members, "belief0.members")
     name = type(observation).__name__
     try:
         out = jax.eval_shape(observation.apply, jax.ShapeDtypeStruct(state_shape, mean0.dtype))
@@ -288,7 +289,7 @@ def assimilate(
     if truth is not None:
         truth = jnp.asarray(truth)
         check_shape(truth, (k, *state_shape), "truth", "(K, *state_shape)")
-    if save_ensembles and not isinstance(belief0, Ensemble):
+    if save_ensembles and as_ensemble(belief0) is None:
         raise ValueError("`save_ensembles=True` needs an ensemble belief.")
     t0 = jnp.asarray(t0, series.times.dtype)
     if is_concrete(t0) and is_concrete(series.times) and not float(t0) < float(series.times[0]):

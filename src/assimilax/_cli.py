@@ -327,7 +327,7 @@ def _start_jax(args):
         try:
             os.makedirs(folder, exist_ok=True)
             jax.config.update("jax_compilation_cache_dir", folder)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         except OSError:
             pass  # a read-only home: run without the cache
     return jax

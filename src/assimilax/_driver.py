@@ -22,7 +22,7 @@ from ._assimilate import (
 from ._belief import AbstractBelief
 from ._checks import check_shape
 from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
-from ._ensemble import Ensemble
+from ._ensemble import as_ensemble
 from ._io import check_output_paths, fingerprint
 from ._sinks import AbstractSink, Checkpoint, ChunkResult, ProgressBar, RunInfo
 from ._streams import ObservationSeries, ObservationStream, batch_records
@@ -226,7 +226,7 @@ def _checked(
             raise ValueError("`truth` needs an ObservationSeries (aligned by index), not a stream.")
         truth = jnp.asarray(truth)
         check_shape(truth, (k, *state_shape), "truth", "(K, *state_shape)")
-    if save_ensembles and not isinstance(belief0, Ensemble):
+    if save_ensembles and as_ensemble(belief0) is None:
         raise ValueError("`save_ensembles=True` needs an ensemble belief.")
     if chunk_size is None:
         chunk_size = 1 if is_stream else (100 if sinks else max(k, 1))

@@ -1,5 +1,6 @@
 """The ensemble: the state interface shared by every ensemble filter."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -109,3 +110,47 @@ class Ensemble(AbstractBelief):
 def flatten_members(members: Float[Array, " n *state"]) -> Float[Array, "n d"]:
     """`(n, *state)` to `(n, d)`."""
     return members.reshape(members.shape[0], -1)
+
+
+class AbstractEnsembleBelief(AbstractBelief):
+    """A belief that holds an `Ensemble` and something more (by composition, never by
+    subclassing `Ensemble`): the optimal-proposal particle filter's model-noise
+    covariance, the score filter's network weights. Its moments and member views are
+    those of `ensemble`; the loop scores and saves `ensemble` (see `as_ensemble`)."""
+
+    ensemble: eqx.AbstractVar[Ensemble]
+
+    @property
+    def members(self) -> Float[Array, " n *state"]:
+        return self.ensemble.members
+
+    @property
+    def log_weights(self) -> Float[Array, " n"]:
+        return self.ensemble.log_weights
+
+    @property
+    def size(self) -> int:
+        return self.ensemble.size
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self.ensemble.state_shape
+
+    def mean(self):
+        return self.ensemble.mean()
+
+    def variance(self):
+        return self.ensemble.variance()
+
+    def effective_size(self) -> Float[Array, ""]:
+        return self.ensemble.effective_size()
+
+
+def as_ensemble(belief: AbstractBelief) -> Ensemble | None:
+    """The `Ensemble` a belief holds (itself, or an `AbstractEnsembleBelief`'s), or
+    None for beliefs that are no ensemble (the Kalman filter's `GaussianBelief`)."""
+    if isinstance(belief, Ensemble):
+        return belief
+    if isinstance(belief, AbstractEnsembleBelief):
+        return belief.ensemble
+    return None

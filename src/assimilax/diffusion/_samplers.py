@@ -6,7 +6,6 @@ Each takes a batch `x_init` of samples of the reference distribution at `t_max`
 
 from collections.abc import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -116,7 +115,7 @@ def probability_flow(
     score: ScoreFn,
     x_init: Float[Array, " num *state"],
     *,
-    solver: diffrax.AbstractSolver | None = None,
+    solver=None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 4096,
@@ -125,6 +124,8 @@ def probability_flow(
     `t_max` to `t_min` with diffrax (adaptive `Tsit5` by default): a deterministic
     map from reference samples to data samples."""
     x_init = _check_batch(x_init)
+    import diffrax  # on first use: importing it costs ~0.25 s of every start-up
+
     solver = diffrax.Tsit5() if solver is None else solver
     term = diffrax.ODETerm(lambda t, x, args: _reverse_drift(sde, score, x, t, 0.5))
     controller = diffrax.PIDController(rtol=rtol, atol=atol)

@@ -11,16 +11,8 @@ import jax.scipy.linalg as jsl
 from .._custom_types import Array, Float
 from .._ensemble import Ensemble, flatten_members
 from ..observations import AbstractObservation
-from ._inflation import AbstractInflation, MultiplicativeInflation, NoInflation
+from ._inflation import AbstractInflation, as_inflation
 from .base import AbstractEnsembleFilter
-
-
-def _as_inflation(inflation) -> AbstractInflation:
-    if inflation is None:
-        return NoInflation()
-    if isinstance(inflation, AbstractInflation):
-        return inflation
-    return MultiplicativeInflation(inflation)
 
 
 class InnovationTerms(NamedTuple):
@@ -121,7 +113,7 @@ class ETKF(AbstractEnsembleFilter):
     rotate: bool = eqx.field(static=True)
 
     def __init__(self, inflation=None, rotate: bool = False):
-        self.inflation = _as_inflation(inflation)
+        self.inflation = as_inflation(inflation)
         self.rotate = bool(rotate)
 
     def update(self, belief, observation, y, mask=None, *, key):
@@ -152,7 +144,7 @@ class StochasticEnKF(AbstractEnsembleFilter):
     inflation: AbstractInflation
 
     def __init__(self, inflation=None):
-        self.inflation = _as_inflation(inflation)
+        self.inflation = as_inflation(inflation)
 
     def update(self, belief, observation, y, mask=None, *, key):
         terms = innovation_terms(belief, observation, y, mask)

@@ -101,3 +101,13 @@ class RTPP(AbstractInflation):
         _, anomalies_f = _split(forecast)
         alpha = self.alpha.astype(analysis.dtype)
         return mean + (1 - alpha) * anomalies_a + alpha * anomalies_f
+
+
+def as_inflation(inflation) -> AbstractInflation:
+    """An inflation Module from a filter's `inflation` argument: None (none), a number
+    (multiplicative factor) or an `AbstractInflation`."""
+    if inflation is None:
+        return NoInflation()
+    if isinstance(inflation, AbstractInflation):
+        return inflation
+    return MultiplicativeInflation(inflation)

@@ -7,8 +7,8 @@ from jax import lax
 
 from .._ensemble import flatten_members
 from ..observations.base import grid_coordinates
-from ._enkf import _as_inflation, innovation_terms, transform, unflatten
-from ._inflation import AbstractInflation
+from ._enkf import innovation_terms, transform, unflatten
+from ._inflation import AbstractInflation, as_inflation
 from ._localisation import GaspariCohn, periodic_distance
 from .base import AbstractEnsembleFilter
 
@@ -51,7 +51,7 @@ class LETKF(AbstractEnsembleFilter):
         periodic: bool = True,
     ):
         self.localisation = GaspariCohn(radius)
-        self.inflation = _as_inflation(inflation)
+        self.inflation = as_inflation(inflation)
         if max_local_observations is not None and max_local_observations < 1:
             raise ValueError(
                 "`max_local_observations` must be a positive int or None; got "

@@ -11,10 +11,10 @@ from jax import lax
 
 from .._checks import check_value
 from .._custom_types import Array, Float, Int, PRNGKeyArray
-from .._ensemble import Ensemble, flatten_members
+from .._ensemble import AbstractEnsembleBelief, Ensemble, flatten_members
 from ..dynamics import AbstractAdditiveNoiseDynamics
 from ._kalman import kalman_gain, masked_linear_terms
-from .base import AbstractEnsembleFilter
+from .base import AbstractFilter, check_ensemble, move_members
 
 
 RESAMPLING = ("systematic", "stratified", "residual", "multinomial")
@@ -44,28 +44,52 @@ def resample(
     References: Douc, Cappé & Moulines (2005), "Comparison of resampling schemes for
     particle filtering"; Hol, Schön & Gustafsson (2006).
     """
-    n = weights.shape[0]
-    dtype = weights.dtype
-    steps = jnp.arange(n, dtype=dtype)
-    if method == "systematic":
-        return _inverse_cdf(weights, (jr.uniform(key, (), dtype) + steps) / n)
-    if method == "stratified":
-        return _inverse_cdf(weights, (jr.uniform(key, (n,), dtype) + steps) / n)
-    if method == "multinomial":
-        return _inverse_cdf(weights, jnp.sort(jr.uniform(key, (n,), dtype)))
-    if method == "residual":
-        scaled = n * weights
-        copies = jnp.floor(scaled)
-        n_copies = jnp.sum(copies).astype(jnp.int32)
-        # Integer-valued counts, compared exactly.
-        fixed = _inverse_cdf(copies, steps)
-        residual = scaled - copies
-        total = jnp.sum(residual)
-        residual = jnp.where(total > 0, residual / jnp.where(total > 0, total, 1), 1 / n)
-        # Independent (unsorted) draws: only the last n - n_copies are used.
-        drawn = _inverse_cdf(residual, jr.uniform(key, (n,), dtype))
-        return jnp.sort(jnp.where(jnp.arange(n, dtype=jnp.int32) < n_copies, fixed, drawn))
-    raise ValueError(f"Unknown resampling {method!r}; choose one of {', '.join(RESAMPLING)}.")
+    if method not in _SCHEMES:
+        raise ValueError(f"Unknown resampling {method!r}; choose one of {', '.join(RESAMPLING)}.")
+    return _SCHEMES[method](weights, key)
+
+
+def _uniforms(weights, key, count):
+    n, dtype = weights.shape[0], weights.dtype
+    return jr.uniform(key, (count,) if count else (), dtype), jnp.arange(n, dtype=dtype), n
+
+
+def _systematic(weights, key):
+    u, steps, n = _uniforms(weights, key, 0)
+    return _inverse_cdf(weights, (u + steps) / n)
+
+
+def _stratified(weights, key):
+    u, steps, n = _uniforms(weights, key, weights.shape[0])
+    return _inverse_cdf(weights, (u + steps) / n)
+
+
+def _multinomial(weights, key):
+    u, _, _ = _uniforms(weights, key, weights.shape[0])
+    return _inverse_cdf(weights, jnp.sort(u))
+
+
+def _residual(weights, key):
+    u, steps, n = _uniforms(weights, key, weights.shape[0])
+    scaled = n * weights
+    copies = jnp.floor(scaled)
+    n_copies = jnp.sum(copies).astype(jnp.int32)
+    fixed = _inverse_cdf(copies, steps)  # integer-valued counts, compared exactly
+    residual = scaled - copies
+    total = jnp.sum(residual)
+    residual = jnp.where(total > 0, residual / jnp.where(total > 0, total, 1), 1 / n)
+    # Independent (unsorted) draws: only the last n - n_copies are used.
+    drawn = _inverse_cdf(residual, u)
+    return jnp.sort(jnp.where(jnp.arange(n, dtype=jnp.int32) < n_copies, fixed, drawn))
+
+
+# Each scheme by name (a checked literal, looked up, never if/elif).
+_SCHEMES = {
+    "systematic": _systematic,
+    "stratified": _stratified,
+    "residual": _residual,
+    "multinomial": _multinomial,
+}
 
 
 def _regularise(x, weights, ancestors, scale, duplicates_only, *, key):
@@ -92,7 +116,7 @@ def _regularise(x, weights, ancestors, scale, duplicates_only, *, key):
     return resampled + jitter
 
 
-class AbstractParticleFilter(AbstractEnsembleFilter):
+class AbstractParticleFilter(AbstractFilter):
     """Shared by the particle filters: resampling, triggered by the effective sample
     size, happens at the start of the forecast, so the analysis belief is the weighted
     ensemble. Its mean is the importance-weighted estimate and its `effective_size()`
@@ -126,6 +150,10 @@ class AbstractParticleFilter(AbstractEnsembleFilter):
             f"`regularisation` must be a finite number >= 0; got {regularisation!r}.",
         )
         self.jitter_duplicates_only = bool(jitter_duplicates_only)
+
+    def init(self, ensemble: Ensemble, *, key: PRNGKeyArray) -> Ensemble:
+        del key
+        return check_ensemble(ensemble)
 
     def resample_if_degenerate(self, belief: Ensemble, *, key: PRNGKeyArray) -> Ensemble:
         """Resample (and jitter) when `ESS <= threshold * n`; otherwise return `belief`."""
@@ -183,7 +211,7 @@ class BootstrapFilter(AbstractParticleFilter):
     def forecast(self, belief, dynamics, t0, t1, *, key):
         resample_key, move_key = jr.split(key)
         belief = self.resample_if_degenerate(belief, key=resample_key)
-        return super().forecast(belief, dynamics, t0, t1, key=move_key)
+        return move_members(belief, dynamics, t0, t1, key=move_key)
 
     def update(self, belief, observation, y, mask=None, *, key):
         del key
@@ -191,15 +219,16 @@ class BootstrapFilter(AbstractParticleFilter):
         return Ensemble(belief.members, _reweight(belief.log_weights, log_lik))
 
 
-class ProposalEnsemble(Ensemble):
+class ProposalEnsemble(AbstractEnsembleBelief):
     """Forecast of the optimal-proposal filter: the noise-free particle positions
-    `f(x_j)` plus the covariance `Q` of the model noise still to be added in the update.
-    Its moments are those of the centres (the spread omits `Q`)."""
+    `f(x_j)` (an `Ensemble`) plus the covariance `Q` of the model noise still to be
+    added in the update. Its moments are those of the centres (the spread omits `Q`)."""
 
+    ensemble: Ensemble
     noise_covariance: Float[Array, "d d"]
 
     def __init__(self, members, log_weights, noise_covariance):
-        super().__init__(members, log_weights)
+        self.ensemble = Ensemble(members, log_weights)
         self.noise_covariance = noise_covariance
 
 

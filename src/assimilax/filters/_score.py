@@ -25,7 +25,7 @@ from jax import lax
 
 from .._checks import check_positive
 from .._custom_types import Array, Float
-from .._ensemble import Ensemble, flatten_members
+from .._ensemble import AbstractEnsembleBelief, Ensemble, flatten_members
 from ..diffusion import (
     AbstractSDE,
     DampedGuidance,
@@ -35,9 +35,9 @@ from ..diffusion import (
     reverse_em_step,
 )
 from ..observations import AbstractObservation
-from ._enkf import _as_inflation, unflatten
-from ._inflation import AbstractInflation
-from .base import AbstractEnsembleFilter
+from ._enkf import unflatten
+from ._inflation import AbstractInflation, as_inflation
+from .base import AbstractEnsembleFilter, AbstractFilter, check_ensemble, move_members
 
 
 def mixture_score(
@@ -119,7 +119,7 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         self.likelihood_scale = jnp.asarray(likelihood_scale)
         self.minibatch = None if minibatch is None else int(minibatch)
         self.paired = bool(paired)
-        self.inflation = _as_inflation(inflation)
+        self.inflation = as_inflation(inflation)
 
     def update(self, belief, observation, y, mask=None, *, key):
         forecast = flatten_members(belief.members)
@@ -181,14 +181,15 @@ class _Standardised(AbstractObservation):
         return self.inner.locations()
 
 
-class ScoreEnsemble(Ensemble):
-    """An ensemble that also carries the score network's weights (the trainable arrays
-    of the `ScoreFilter`'s network), so fine-tuning warm-starts from the last cycle."""
+class ScoreEnsemble(AbstractEnsembleBelief):
+    """An ensemble together with the score network's weights (the trainable arrays of
+    the `ScoreFilter`'s network), so fine-tuning warm-starts from the last cycle."""
 
+    ensemble: Ensemble
     params: eqx.Module
 
     def __init__(self, members, log_weights=None, *, params):
-        super().__init__(members, log_weights)
+        self.ensemble = Ensemble(members, log_weights)
         self.params = params
 
 
@@ -196,7 +197,7 @@ class ScoreEnsemble(Ensemble):
 GUIDANCE = {"damped": DampedGuidance, "dps": DPSGuidance, "sda": GaussianGuidance}
 
 
-class ScoreFilter(AbstractEnsembleFilter):
+class ScoreFilter(AbstractFilter):
     r"""The score filter with a trained, adaptive prior (after Bao, Cao, Meir & Zhang,
     "A score-based filter for nonlinear data assimilation", 2024): the belief is a score
     network plus samples.
@@ -262,7 +263,7 @@ class ScoreFilter(AbstractEnsembleFilter):
         self.steps, self.finetune_steps = int(steps), int(finetune_steps)
         self.batch_size = int(batch_size)
         self.optimiser = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
-        self.inflation = _as_inflation(inflation)
+        self.inflation = as_inflation(inflation)
 
     @classmethod
     def pretrain(
@@ -339,14 +340,15 @@ class ScoreFilter(AbstractEnsembleFilter):
         return jax.tree.map(lambda a: a.astype(dtype), params)
 
     def init(self, ensemble, *, key):
-        ensemble = super().init(ensemble, key=key)
+        del key
+        ensemble = check_ensemble(ensemble)
         params = self._params(ensemble.members.dtype)
         return ScoreEnsemble(ensemble.members, ensemble.log_weights, params=params)
 
     def forecast(self, belief, dynamics, t0, t1, *, key):
-        moved = super().forecast(belief, dynamics, t0, t1, key=key)
         if not isinstance(belief, ScoreEnsemble):
-            return moved
+            return move_members(belief, dynamics, t0, t1, key=key)
+        moved = move_members(belief.ensemble, dynamics, t0, t1, key=key)
         return ScoreEnsemble(moved.members, moved.log_weights, params=belief.params)
 
     def update(self, belief, observation, y, mask=None, *, key):

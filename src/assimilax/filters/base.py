@@ -54,20 +54,34 @@ class AbstractFilter(eqx.Module, Generic[_Belief]):
         """Condition the belief on observed values `y` (`mask`: True = observed)."""
 
 
+def check_ensemble(ensemble) -> Ensemble:
+    """`ensemble`, if it is an `Ensemble`; else a TypeError (every ensemble filter's
+    `init`)."""
+    if not isinstance(ensemble, Ensemble):
+        raise TypeError(f"`ensemble` must be an assimilax.Ensemble; got {type(ensemble).__name__}.")
+    return ensemble
+
+
+def move_members(
+    ensemble: Ensemble, dynamics: AbstractDynamics, t0, t1, *, key: PRNGKeyArray
+) -> Ensemble:
+    """Every member through the dynamics from `t0` to `t1` (vmapped, one key per
+    member), weights unchanged: the forecast of every ensemble filter."""
+    keys = jr.split(key, ensemble.size)
+    step = lambda x, k: dynamics.step(x, t0, t1, key=k)
+    return Ensemble(jax.vmap(step)(ensemble.members, keys), ensemble.log_weights)
+
+
 class AbstractEnsembleFilter(AbstractFilter[Ensemble]):
     """A filter whose belief is an `Ensemble` and whose forecast moves every member
-    through the dynamics (vmapped, one key per member)."""
+    through the dynamics (`move_members`); subclasses implement `update` only. Filters
+    whose forecast differs (particle filters, the score filter) subclass
+    `AbstractFilter` and use `check_ensemble`/`move_members` (equinox's rule: no
+    concrete method is overridden)."""
 
     def init(self, ensemble: Ensemble, *, key: PRNGKeyArray) -> Ensemble:
         del key
-        if not isinstance(ensemble, Ensemble):
-            raise TypeError(
-                f"`ensemble` must be an assimilax.Ensemble; got {type(ensemble).__name__}."
-            )
-        return ensemble
+        return check_ensemble(ensemble)
 
     def forecast(self, belief, dynamics, t0, t1, *, key):
-        keys = jr.split(key, belief.size)
-        step = lambda x, k: dynamics.step(x, t0, t1, key=k)
-        members = jax.vmap(step)(belief.members, keys)
-        return Ensemble(members, belief.log_weights)
+        return move_members(belief, dynamics, t0, t1, key=key)
