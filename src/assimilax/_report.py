@@ -49,9 +49,11 @@ def _plot_errors(ds, path):
 
     fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
     t = ds["time"].values
+    flags = {n: status(row) for n, row in summarise(ds).items()}
     for i, name in enumerate(ds["filter"].values.tolist()):
         color = f"C{i}"
-        ax.plot(t, ds["rmse_analysis"].sel(filter=name), color=color, lw=0.8, label=f"{name} RMSE")
+        label = f"{name} RMSE" + (f" ({flags[name]})" if flags[name] else "")
+        ax.plot(t, ds["rmse_analysis"].sel(filter=name), color=color, lw=0.8, label=label)
         ax.plot(
             t,
             ds["spread_analysis"].sel(filter=name),
@@ -217,7 +219,7 @@ def summary_table(ds) -> str:
     columns = [
         c
         for c in SUMMARY_COLUMNS
-        if not (c.startswith("coverage_") and members and members < 2 / (1 - int(c[9:]) / 100))
+        if not (c.startswith("coverage_") and members and members * (100 - int(c[9:])) < 200)
     ]
     header = ["filter", *columns, "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
