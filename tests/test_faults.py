@@ -286,3 +286,38 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     a, b = ax.read_netcdf(out), ax.read_netcdf(whole)
     for name in b.data_vars:
         assert np.array_equal(a[name].values, b[name].values), name
+
+
+def _check_cf(ds):
+    """The CF attributes assimilax documents: Conventions, a long_name on every variable,
+    UDUNITS-parsable units where given, a coordinate variable for every dimension."""
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    for name, var in ds.variables.items():
+        assert "long_name" in var.attrs or "standard_name" in var.attrs, name
+        units = var.attrs.get("units", var.encoding.get("units"))
+        if units is not None and name != "time":
+            assert units in ("1", "s"), (name, units)
+    for dim in ds.dims:
+        assert dim in ds.coords or dim in ds.variables, dim
+
+
+def test_outputs_are_cf(sensor_file, tmp_path):
+    import xarray as xr
+
+    path, _ = sensor_file
+    out = tmp_path / "a.nc"
+    assert main([*ASSIM, "--obs", str(path), "--out", str(out)]) == 0
+    with xr.open_dataset(out) as ds:  # decodes the CF dates written back
+        assert np.issubdtype(ds["time"].dtype, np.datetime64)
+        with xr.open_dataset(path) as src:
+            assert np.all(np.abs(ds["time"].values - src["time"].values) < np.timedelta64(1, "ms"))
+        _check_cf(ds)
+    twin = tmp_path / "t.nc"
+    argv = ["twin", "--cycles", "30", "--filters", "etkf", "--no-progress", "--out", str(twin)]
+    assert main(argv) == 0
+    with xr.open_dataset(twin) as ds:
+        _check_cf(ds)
+        assert "0x" not in str(ds["filter_description"].values)
+    # A twin file is a sensor file too.
+    again = tmp_path / "again.nc"
+    assert main(["assimilate", "--obs", str(twin), "--out", str(again), "--no-progress"]) == 0

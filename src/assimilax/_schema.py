@@ -85,4 +85,4 @@ def state_coordinate_attrs(dim: str) -> dict[str, str]:
 
 def model_time_attrs() -> dict[str, str]:
     """Attributes of a `time` coordinate in plain (non-dimensional) model time."""
-    return {"long_name": "model time", "units": "1", "axis": "T"}
+    return {"long_name": "model time (non-dimensional)", "units": "1"}

@@ -112,6 +112,7 @@ def twin_dataset(
         ds[d].attrs.update(_schema.state_coordinate_attrs(d))
     ds["filter"].attrs["long_name"] = "filter name"
     ds["obs"].attrs["long_name"] = "observed value index"
+    ds["rank_bin"].attrs["long_name"] = "rank of the truth among the members"
     for name, (dims, values, vattrs) in _sensor_variables(series.observation).items():
         ds[name] = (dims, values, vattrs)
     if "observations_std" in ds:
