@@ -51,8 +51,8 @@ _score_filter = ScoreFilter(
     VPSDE(),
     jnp.full(8, 8.0),
     1.0,
-    steps=20,
-    finetune_steps=2,
+    steps=10,
+    finetune_steps=1,
     batch_size=8,
 )
 # (name, filter, the problems it applies to)

@@ -180,13 +180,13 @@ def test_divergence_is_flagged_and_exits_nonzero(tmp_path, capsys):
     """Too little inflation (0.5) and too few members (3, no inflation) lose track:
     flagged in the table, the summary and the exit code, never silently."""
     out = tmp_path / "t.nc"
-    argv = ["twin", "--filters", "etkf", "--cycles", "300", "--no-progress", "--out", str(out)]
+    argv = ["twin", "--filters", "etkf", "--cycles", "150", "--no-progress", "--out", str(out)]
     got = main([*argv, "--inflation", "0.5"])
     captured = capsys.readouterr()
     assert got == 1 and "DIVERGED" in captured.out and "DIVERGED" in captured.err
     assert ax.summarise(ax.read_netcdf(out))["etkf"]["diverged"]
     assert main([*argv, "--members", "3", "--inflation", "1.0"]) == 1
-    assert main([*argv, "--cycles", "200"]) == 0  # the tuned default tracks
+    assert main([*argv, "--cycles", "100"]) == 0  # the tuned default tracks
 
 
 def test_python_api_names_the_argument(getkey):
