@@ -106,7 +106,9 @@ def _twin_parser(sub) -> None:
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
     )
-    twin.add_argument("--cycles", type=_positive_int, default=2000, help="observation cycles")
+    twin.add_argument(
+        "--cycles", type=_positive_int, default=None, help="observation cycles (default: 2000)"
+    )
     twin.add_argument(
         "--burn-in",
         type=_nonnegative_int,
@@ -131,7 +133,16 @@ def _twin_parser(sub) -> None:
         help="all | every:K | random:M (default: the model's; every:4 for heat2d, burgers, ns2d)",
     )
     twin.add_argument(
-        "--observation", default="linear", choices=["linear", "arctan"], help="operator"
+        "--observation",
+        default=None,
+        choices=["linear", "arctan", "square", "cubic"],
+        help="operator applied to the observed components (default: linear, or the regime's)",
+    )
+    twin.add_argument(
+        "--regime",
+        default=None,
+        help="a named non-Gaussian regime (l63-sakov2012, l63-x-only, l96-sparse, l63-cubic, "
+        "l96-square): its model, observations and ensemble size; flags override",
     )
     twin.add_argument(
         "--inflation",
@@ -278,7 +289,7 @@ def _assimilate_parser(sub) -> None:
 
 def _model_arguments(parser) -> None:
     parser.add_argument(
-        "--model", default="lorenz96", help="lorenz96, lorenz63, ks, burgers, heat2d, ns2d"
+        "--model", default=None, help="lorenz96 (default), lorenz63, ks, burgers, heat2d, ns2d"
     )
     parser.add_argument(
         "--dim",
@@ -352,7 +363,7 @@ def _setup(args):
     from .experiments import get_model
 
     try:
-        setup = get_model(args.model)
+        setup = get_model(args.model or "lorenz96")
     except ValueError as e:
         raise ValueError(f"--model: {e}") from None
     dim = setup.default_dim if args.dim is None else args.dim
@@ -607,7 +618,10 @@ def _run_twin(args) -> int:
         raise ValueError(
             f"--filters: Unknown filter {unknown[0]!r}; choose from {', '.join(FILTERS)}."
         )
+    regime = _apply_regime(args)
     setup, dim, dynamics = _setup(args)
+    if regime is not None:
+        dynamics = regime.make_dynamics()
     members = _members(args, setup)
     burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
     if burn_in >= args.cycles:
@@ -627,6 +641,7 @@ def _run_twin(args) -> int:
     )
     settings = {
         "model": setup.name,
+        "regime": "none" if regime is None else regime.name,
         "dim": dim,
         "obs_std": obs_std,
         "observe": observe,
@@ -655,20 +670,7 @@ def _run_twin(args) -> int:
         attrs=settings,
     )
     scores = summarise(ds)
-    print(
-        f"{'filter':<8} {'rmse_a':>8} {'rmse_f':>8} {'spread_a':>9} {'crps_a':>8} "
-        f"{'spec_err':>8} {'cov90':>6} {'ess':>7} {'cycles/s':>9}"
-    )
-    for name in names:
-        s = scores[name]
-        rate = args.cycles / float(ds["wall_seconds"].sel(filter=name))
-        flag = f"  {status(s)}" if status(s) else ""
-        print(
-            f"{name:<8} {s['rmse_analysis']:>8.4f} {s['rmse_forecast']:>8.4f} "
-            f"{s['spread_analysis']:>9.4f} {s['crps_analysis']:>8.4f} "
-            f"{s['spectral_error_analysis']:>8.4f} "
-            f"{s['coverage_90']:>6.2f} {s['ess_analysis']:>7.1f} {rate:>9.0f}{flag}"
-        )
+    _print_table(names, scores, ds, args.cycles)
     print(f"(time averages after {burn_in} burn-in cycles; cycles/s includes compilation)")
     if args.out:
         path = write_netcdf(ds, args.out)
@@ -682,6 +684,56 @@ def _run_twin(args) -> int:
         )
         return 1
     return 0
+
+
+def _print_table(names, scores, ds, cycles) -> None:
+    from .experiments import status
+
+    print(
+        f"{'filter':<8} {'rmse_a':>8} {'rmse_f':>8} {'spread_a':>9} {'crps_a':>8} "
+        f"{'spec_err':>8} {'cov90':>6} {'ess':>7} {'cycles/s':>9}"
+    )
+    for name in names:
+        s = scores[name]
+        rate = cycles / float(ds["wall_seconds"].sel(filter=name))
+        flag = f"  {status(s)}" if status(s) else ""
+        print(
+            f"{name:<8} {s['rmse_analysis']:>8.4f} {s['rmse_forecast']:>8.4f} "
+            f"{s['spread_analysis']:>9.4f} {s['crps_analysis']:>8.4f} "
+            f"{s['spectral_error_analysis']:>8.4f} "
+            f"{s['coverage_90']:>6.2f} {s['ess_analysis']:>7.1f} {rate:>9.0f}{flag}"
+        )
+
+
+def _apply_regime(args):
+    """Fill the flags not given from `--regime` (model, dimension, observations,
+    ensemble size, cycles); the regime, or None. Without one: the model's defaults."""
+    regime = None
+    if args.regime is not None:
+        from .experiments import get_regime
+
+        try:
+            regime = get_regime(args.regime)
+        except ValueError as e:
+            raise ValueError(f"--regime: {e}") from None
+        if args.model not in (None, regime.model):
+            raise ValueError(f"--model {args.model} contradicts --regime {regime.name}.")
+        args.model = regime.model
+        for flag, value in (
+            ("dim", regime.dim),
+            ("observe", regime.observe),
+            ("observation", regime.operator),
+            ("obs_std", regime.obs_std),
+            ("obs_interval", regime.obs_interval),
+            ("members", regime.members),
+            ("cycles", regime.cycles),
+            ("burn_in", regime.burn_in if args.cycles is None else None),
+        ):
+            if getattr(args, flag) is None:
+                setattr(args, flag, value)
+    args.cycles = 2000 if args.cycles is None else args.cycles
+    args.observation = args.observation or "linear"
+    return regime
 
 
 def _interrupt(signum, frame):

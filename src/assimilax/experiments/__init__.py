@@ -8,6 +8,7 @@ from ._dataset import (
     twin_dataset as twin_dataset,
 )
 from ._presets import MODELS as MODELS, ModelSetup as ModelSetup, get_model as get_model
+from ._regimes import REGIMES as REGIMES, Regime as Regime, get_regime as get_regime
 from ._registry import (
     FILTERS as FILTERS,
     OPTIONS as OPTIONS,

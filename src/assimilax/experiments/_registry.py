@@ -16,7 +16,7 @@ from ..filters import (
     ScoreFilter,
     StochasticEnKF,
 )
-from ..observations import AbstractObservation, Arctan, Identity, Subsample
+from ..observations import AbstractObservation, Arctan, Identity, Power, Subsample
 from ._presets import ModelSetup, get_model
 
 
@@ -34,7 +34,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "letkf": ("inflation", "radius"),
     "enkf": ("inflation",),
     "pf": ("threshold", "regularisation", "resampling"),
-    "ensf": ("inflation", "steps", "minibatch", "likelihood_scale", "t_min"),
+    "ensf": ("inflation", "steps", "minibatch", "likelihood_scale", "t_min", "standardise"),
     "sf": (
         "inflation",
         "guidance",
@@ -87,20 +87,25 @@ def make_observation(
     from the CLI-style strings.
 
     - `observe`: 'all', 'every:K' (every K-th grid point along each axis: a sensor
-      lattice, K >= 1) or 'random:M' (M distinct grid points drawn once from `seed`,
-      sorted).
-    - `operator`: 'linear' or 'arctan' (arctan applied to the observed components).
+      lattice, K >= 1), 'random:M' (M distinct grid points drawn once from `seed`,
+      sorted) or 'indices:I,J,...' (those flat indices).
+    - `operator`: 'linear', 'arctan', 'square' or 'cubic' (applied to the observed
+      components; `observations.Arctan`, `observations.Power`).
     """
     shape = (state_shape,) if isinstance(state_shape, int) else tuple(state_shape)
     size = math.prod(shape)
     kind, _, arg = observe.partition(":")
+    indices = [a.strip() for a in arg.split(",")] if kind == "indices" else []
     valid = (kind == "all" and not arg) or (kind in ("every", "random") and arg.isdigit())
-    if not valid or (arg.isdigit() and int(arg) < 1):
+    valid = valid or (bool(indices) and all(a.isdigit() and int(a) < size for a in indices))
+    if not valid or (kind in ("every", "random") and int(arg) < 1):
         raise ValueError(
-            "`observe` (--observe) must be 'all', 'every:K' or 'random:M' with integers "
-            f"K, M >= 1; got {observe!r}."
+            "`observe` (--observe) must be 'all', 'every:K', 'random:M' (integers K, M >= 1) "
+            f"or 'indices:I,J,...' (flat indices below {size}); got {observe!r}."
         )
-    if kind == "all":
+    if kind == "indices":
+        obs = Subsample(shape, np.array(sorted({int(a) for a in indices})), noise_std=obs_std)
+    elif kind == "all":
         obs = Identity(shape, noise_std=obs_std)
     elif kind == "every":
         if int(arg) > max(shape):
@@ -115,10 +120,15 @@ def make_observation(
             raise ValueError(f"`observe` (--observe) random:M needs 1 <= M <= {size}; got M={m}.")
         rng = np.random.default_rng(seed)
         obs = Subsample(shape, np.sort(rng.choice(size, size=m, replace=False)), noise_std=obs_std)
-    if operator == "linear":
-        return obs
-    if operator == "arctan":
-        return Arctan(obs)
-    raise ValueError(
-        f"`observation` (--observation) must be 'linear' or 'arctan'; got {operator!r}."
-    )
+    operators = {
+        "linear": lambda o: o,
+        "arctan": Arctan,
+        "square": lambda o: Power(o, 2),
+        "cubic": lambda o: Power(o, 3),
+    }
+    if operator not in operators:
+        raise ValueError(
+            f"`observation` (--observation) must be one of {', '.join(operators)}; got "
+            f"{operator!r}."
+        )
+    return operators[operator](obs)

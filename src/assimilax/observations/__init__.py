@@ -14,6 +14,7 @@ from ._linear import (
     LinearObservation as LinearObservation,
     Subsample as Subsample,
 )
+from ._power import Power as Power
 from .base import (
     AbstractLinearObservation as AbstractLinearObservation,
     AbstractObservation as AbstractObservation,
