@@ -138,7 +138,7 @@ def test_same_seed_same_numbers(small_dataset):
         (lambda: ax.make_filter("etkf", "lorenz99"), "Unknown model"),
         (lambda: ax.make_observation(40, 1.0, "every:x"), "observe"),
         (lambda: ax.make_observation(40, 1.0, "random:50"), "random:M"),
-        (lambda: ax.make_observation(40, 1.0, "all", "cubic"), "linear' or 'arctan"),
+        (lambda: ax.make_observation(40, 1.0, "all", "quartic"), "must be one of linear, arctan"),
         (lambda: _run("lorenz96", ["etkf"], cycles=10, burn_in=10), "burn_in"),
     ],
 )
