@@ -17,7 +17,7 @@ FLOORS = [
     {"filters", "_streams", "metrics", "diffusion"},
     {"observations", "_ensemble", "_belief", "_covariance"},
     {"dynamics", "_schema"},
-    {"_io", "_checks", "_results", "_custom_types"},
+    {"_io", "_checks", "_results", "_custom_types", "_resampling"},
 ]
 
 

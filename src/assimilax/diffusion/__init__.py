@@ -31,6 +31,7 @@ from ._sde import (
     SubVPSDE as SubVPSDE,
     gaussian_score as gaussian_score,
 )
+from ._smc import smc_posterior as smc_posterior
 from ._training import (
     FitResult as FitResult,
     dsm_loss as dsm_loss,

@@ -1,8 +1,6 @@
 """Particle filters: the bootstrap filter and the optimal proposal, with resampling
 triggered by the effective sample size and optional regularisation."""
 
-from typing import Literal
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -10,86 +8,12 @@ import jax.random as jr
 from jax import lax
 
 from .._checks import check_value
-from .._custom_types import Array, Float, Int, PRNGKeyArray
+from .._custom_types import Array, Float, PRNGKeyArray
 from .._ensemble import AbstractEnsembleBelief, Ensemble, flatten_members
+from .._resampling import RESAMPLING, resample
 from ..dynamics import AbstractAdditiveNoiseDynamics
 from ._kalman import kalman_gain, masked_linear_terms
 from .base import AbstractFilter, check_ensemble, move_members
-
-
-RESAMPLING = ("systematic", "stratified", "residual", "multinomial")
-Resampling = Literal["systematic", "stratified", "residual", "multinomial"]
-
-
-def _inverse_cdf(weights, u):
-    """Indices `i` with `cumsum(w)[i-1] <= u < cumsum(w)[i]`; zero weights never drawn."""
-    # Also used with integer-valued counts as `weights` (exact comparisons).
-    index = jnp.searchsorted(jnp.cumsum(weights), u, side="right").astype(jnp.int32)
-    return jnp.minimum(index, weights.shape[0] - 1)
-
-
-def resample(
-    weights: Float[Array, " n"], method: Resampling = "systematic", *, key: PRNGKeyArray
-) -> Int[Array, " n"]:
-    r"""Draw `n` ancestor indices from normalised `weights`, sorted ascending.
-
-    Every scheme is unbiased: particle `i` is copied `N w_i` times in expectation.
-
-    - `systematic`: one uniform, `u_j = (U + j) / n` (least resampling noise);
-    - `stratified`: one uniform per stratum, `u_j = (U_j + j) / n`;
-    - `residual`: `floor(n w_i)` copies of each, the rest drawn multinomially from the
-      residual weights;
-    - `multinomial`: `n` independent draws.
-
-    References: Douc, Cappé & Moulines (2005), "Comparison of resampling schemes for
-    particle filtering"; Hol, Schön & Gustafsson (2006).
-    """
-    if method not in _SCHEMES:
-        raise ValueError(f"Unknown resampling {method!r}; choose one of {', '.join(RESAMPLING)}.")
-    return _SCHEMES[method](weights, key)
-
-
-def _uniforms(weights, key, count):
-    n, dtype = weights.shape[0], weights.dtype
-    return jr.uniform(key, (count,) if count else (), dtype), jnp.arange(n, dtype=dtype), n
-
-
-def _systematic(weights, key):
-    u, steps, n = _uniforms(weights, key, 0)
-    return _inverse_cdf(weights, (u + steps) / n)
-
-
-def _stratified(weights, key):
-    u, steps, n = _uniforms(weights, key, weights.shape[0])
-    return _inverse_cdf(weights, (u + steps) / n)
-
-
-def _multinomial(weights, key):
-    u, _, _ = _uniforms(weights, key, weights.shape[0])
-    return _inverse_cdf(weights, jnp.sort(u))
-
-
-def _residual(weights, key):
-    u, steps, n = _uniforms(weights, key, weights.shape[0])
-    scaled = n * weights
-    copies = jnp.floor(scaled)
-    n_copies = jnp.sum(copies).astype(jnp.int32)
-    fixed = _inverse_cdf(copies, steps)  # integer-valued counts, compared exactly
-    residual = scaled - copies
-    total = jnp.sum(residual)
-    residual = jnp.where(total > 0, residual / jnp.where(total > 0, total, 1), 1 / n)
-    # Independent (unsorted) draws: only the last n - n_copies are used.
-    drawn = _inverse_cdf(residual, u)
-    return jnp.sort(jnp.where(jnp.arange(n, dtype=jnp.int32) < n_copies, fixed, drawn))
-
-
-# Each scheme by name (a checked literal, looked up, never if/elif).
-_SCHEMES = {
-    "systematic": _systematic,
-    "stratified": _stratified,
-    "residual": _residual,
-    "multinomial": _multinomial,
-}
 
 
 def _regularise(x, weights, ancestors, scale, duplicates_only, *, key):
