@@ -65,6 +65,11 @@ CASES = [
     ("optimal-proposal", OptimalProposalFilter(), ["linear"]),
     # 10 pseudo-time steps blow up on the linear problem (stiff likelihood): 100.
     ("ensf", EnsembleScoreFilter(steps=100), ["linear", "l96-arctan"]),
+    (
+        "ensf-smc",
+        EnsembleScoreFilter(steps=30, sampler="smc", standardise=True, t_min=0.1),
+        ["linear", "l96-arctan"],
+    ),
     ("sf", _score_filter, ["l96-arctan"]),
 ]
 PAIRS = [

@@ -34,7 +34,16 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "letkf": ("inflation", "radius"),
     "enkf": ("inflation",),
     "pf": ("threshold", "regularisation", "resampling"),
-    "ensf": ("inflation", "steps", "minibatch", "likelihood_scale", "t_min", "standardise"),
+    "ensf": (
+        "inflation",
+        "steps",
+        "minibatch",
+        "likelihood_scale",
+        "t_min",
+        "standardise",
+        "sampler",
+        "particles",
+    ),
     "sf": (
         "inflation",
         "guidance",

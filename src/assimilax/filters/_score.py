@@ -26,6 +26,7 @@ from jax import lax
 from .._checks import check_positive
 from .._custom_types import Array, Float
 from .._ensemble import AbstractEnsembleBelief, Ensemble, flatten_members
+from .._resampling import resample
 from ..diffusion import (
     AbstractSDE,
     DampedGuidance,
@@ -33,6 +34,7 @@ from ..diffusion import (
     EnSFSDE,
     GaussianGuidance,
     reverse_em_step,
+    smc_posterior,
 )
 from ..observations import AbstractObservation
 from ._enkf import unflatten
@@ -80,6 +82,13 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
       reference code): no mixture weights, so samples cannot all collapse onto one
       member; each analysis member is its forecast member moved by the guided diffusion.
     - `inflation`: applied to the analysis anomalies (as the other ensemble filters).
+    - `sampler`: 'reverse-sde' (default: one guided reverse-SDE sample per member, the
+      paper's method; biased by the damped likelihood score) or 'smc': sequential
+      Monte Carlo over the guided reverse SDE with `particles` weighted particles
+      (`diffusion.smc_posterior`), asymptotically exact for the kernel-mixture prior of
+      the members (bandwidth ~ sqrt(t_min)); the analysis members are resampled from
+      them (systematic).
+    - `particles`: SMC particles (default: the ensemble size).
     - `standardise`: run the diffusion in coordinates standardised by the forecast's
       mean and std per component (as the authors' codes do), so that the forward SDE's
       terminal law N(0, I) matches the data's scale; the observation is seen through
@@ -98,6 +107,8 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
     paired: bool = eqx.field(static=True)
     inflation: AbstractInflation
     standardise: bool = eqx.field(static=True)
+    sampler: str = eqx.field(static=True)
+    particles: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -110,7 +121,13 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         paired: bool = False,
         inflation=None,
         standardise: bool = False,
+        sampler: str = "reverse-sde",
+        particles: int | None = None,
     ):
+        if sampler not in ("reverse-sde", "smc"):
+            raise ValueError(f"`sampler` must be 'reverse-sde' or 'smc'; got {sampler!r}.")
+        if particles is not None and (int(particles) != particles or particles < 2):
+            raise ValueError(f"`particles` must be an integer >= 2 or None; got {particles!r}.")
         if int(steps) != steps or steps < 2:
             raise ValueError(f"`steps` must be an integer >= 2; got {steps!r}.")
         if minibatch is not None and (int(minibatch) != minibatch or minibatch < 1):
@@ -128,10 +145,11 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         self.paired = bool(paired)
         self.inflation = as_inflation(inflation)
         self.standardise = bool(standardise)
+        self.sampler = sampler
+        self.particles = None if particles is None else int(particles)
 
     def update(self, belief, observation, y, mask=None, *, key):
         raw = flatten_members(belief.members)
-        n, d = raw.shape
         state_shape = belief.state_shape
         dtype = raw.dtype
         if self.standardise:
@@ -143,6 +161,35 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
             observation = _Standardised(observation, shape(loc), shape(spread))
         else:
             forecast = raw
+        if self.sampler == "smc":
+            analysis = self._smc(forecast, observation, y, mask, state_shape, key=key)
+        else:
+            analysis = self._reverse_sde(forecast, observation, y, mask, state_shape, key=key)
+        if self.standardise:
+            analysis = loc[None] + spread[None] * analysis
+        return unflatten(self.inflation(raw, analysis), Ensemble(belief.members))
+
+    def _smc(self, forecast, observation, y, mask, state_shape, *, key):
+        """Members resampled from `smc_posterior` particles (mixture prior, exact score)."""
+        n, d = forecast.shape
+        count = n if self.particles is None else self.particles
+
+        def prior_score(x, t):
+            alpha, sigma2 = self.sde.alpha(t), self.sde.sigma(t) ** 2
+            return mixture_score(x.reshape(1, d), forecast, alpha, sigma2).reshape(state_shape)
+
+        init_key, smc_key, pick_key, perm_key = jr.split(key, 4)
+        x0 = self.sde.prior_sample((count, *state_shape), key=init_key, dtype=forecast.dtype)
+        xs, log_w = smc_posterior(
+            self.sde, prior_score, observation, y, mask, x0, key=smc_key, steps=self.steps
+        )
+        ancestors = resample(jnp.exp(log_w), "systematic", key=pick_key)
+        chosen = ancestors[jr.permutation(perm_key, count)[:n]]  # n of the count draws
+        return xs.reshape(count, d)[chosen]
+
+    def _reverse_sde(self, forecast, observation, y, mask, state_shape, *, key):
+        n, d = forecast.shape
+        dtype = forecast.dtype
         scale = self.likelihood_scale.astype(dtype)
         guidance = DampedGuidance(observation, y, mask, self.damping)
         batch = n if self.minibatch is None else min(self.minibatch, n)
@@ -173,10 +220,7 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
             return reverse_em_step(self.sde, step_score, x, t, t_next, step_key, last), None
 
         inputs = (jnp.arange(self.steps), times[:-1], times[1:], jr.split(loop_key, self.steps))
-        analysis, _ = lax.scan(body, x0, inputs)
-        if self.standardise:
-            analysis = loc[None] + spread[None] * analysis
-        return unflatten(self.inflation(raw, analysis), Ensemble(belief.members))
+        return lax.scan(body, x0, inputs)[0]
 
 
 # The trained, adaptive score filter ------------------------------------------------
