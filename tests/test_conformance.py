@@ -67,7 +67,7 @@ CASES = [
     ("ensf", EnsembleScoreFilter(steps=100), ["linear", "l96-arctan"]),
     (
         "ensf-smc",
-        EnsembleScoreFilter(steps=30, sampler="smc", standardise=True, t_min=0.1),
+        EnsembleScoreFilter(steps=10, sampler="smc", standardise=True, t_min=0.1),
         ["linear", "l96-arctan"],
     ),
     ("sf", _score_filter, ["l96-arctan"]),
