@@ -47,7 +47,7 @@ all_ensemble_filters = [
         VPSDE(),
         jnp.full(8, 8.0),
         1.0,
-        steps=50,
+        steps=20,
         finetune_steps=2,
         batch_size=8,
     ),

@@ -72,8 +72,12 @@ CASES = [
     ),
     ("sf", _score_filter, ["l96-arctan"]),
 ]
+# The heaviest pairs (SMC with its particles) run in the slow suite.
+SLOW = {"ensf-smc"}
 PAIRS = [
-    pytest.param(flt, problem, id=f"{name}-{problem}")
+    pytest.param(
+        flt, problem, id=f"{name}-{problem}", marks=[pytest.mark.slow] if name in SLOW else []
+    )
     for name, flt, problems in CASES
     for problem in problems
 ]
