@@ -320,3 +320,15 @@ def test_outputs_are_cf(sensor_file, tmp_path):
     # A twin file is a sensor file too.
     again = tmp_path / "again.nc"
     assert main(["assimilate", "--obs", str(twin), "--out", str(again), "--no-progress"]) == 0
+
+
+def test_resume_of_a_finished_run_says_so(sensor_file, tmp_path, capsys):
+    path, _ = sensor_file
+    out = tmp_path / "done.nc"
+    argv = [*ASSIM, "--obs", str(path), "--out", str(out), "--checkpoint-every", "10"]
+    assert main(argv) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert "is complete" in capsys.readouterr().err
+    assert out.read_bytes() == before

@@ -435,7 +435,7 @@ def _run_assimilate(args) -> int:
     import jax.random as jr
 
     from . import _sinks
-    from ._driver import assimilate_stream, progress_sinks
+    from ._driver import NothingToResume, assimilate_stream, progress_sinks
     from ._ensemble import Ensemble
     from ._io import describe
     from ._streams import read_observations
@@ -490,21 +490,25 @@ def _run_assimilate(args) -> int:
         sinks.append(_sinks.Checkpoint(checkpoint, args.checkpoint_every))
     sinks += progress_sinks(not args.no_progress, name)
     start = time.perf_counter()
-    sol = assimilate_stream(
-        flt,
-        dynamics,
-        series,
-        flt.init(ensemble, key=filter_key),
-        key=run_key,
-        t0=t0,
-        truth=None if data.truth is None else jnp.asarray(data.truth, ensemble.members.dtype),
-        scores=False,
-        chunk_size=min(100, args.checkpoint_every or 100),
-        sinks=sinks,
-        resume=resume,
-        max_gap=args.max_gap,
-        throw=False,
-    )
+    try:
+        sol = assimilate_stream(
+            flt,
+            dynamics,
+            series,
+            flt.init(ensemble, key=filter_key),
+            key=run_key,
+            t0=t0,
+            truth=None if data.truth is None else jnp.asarray(data.truth, ensemble.members.dtype),
+            scores=False,
+            chunk_size=min(100, args.checkpoint_every or 100),
+            sinks=sinks,
+            resume=resume,
+            max_gap=args.max_gap,
+            throw=False,
+        )
+    except NothingToResume:
+        print(f"{args.out} is complete: every record was assimilated already", file=sys.stderr)
+        return 0
     return _assimilate_outcome(sol, time.perf_counter() - start, args.out)
 
 

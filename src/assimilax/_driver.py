@@ -36,6 +36,10 @@ from .filters import AbstractFilter
 GAP_FACTOR = 1000.0
 
 
+class NothingToResume(ValueError):
+    """Raised on `resume=True` when the checkpoint already covers every record."""
+
+
 def key_data(key) -> list[int]:
     """The key's bits (typed `jr.key` or raw `jr.PRNGKey`), to recognise it on resume."""
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -294,7 +298,7 @@ def _check_skipped(chunks, digest, meta, start: int, checkpoint: Checkpoint):
             f"{str(checkpoint.path)!r} assimilated; resume with the same observations."
         )
     if first is None:
-        raise ValueError(
+        raise NothingToResume(
             f"Nothing left to assimilate: the checkpoint already covers all {start} records."
         )
     return _prepend(first, chunks)
