@@ -46,14 +46,18 @@ def lorenz96_arctan(key):
 
 
 PROBLEMS = {"linear": linear_problem, "l96-arctan": lorenz96_arctan}
-_score_filter = ScoreFilter(
-    StandardNormalNoise(jnp.ones(())),
-    VPSDE(),
-    jnp.full(8, 8.0),
-    1.0,
-    steps=10,
-    finetune_steps=1,
-    batch_size=8,
+_score_filter, _score_filter_smc = (
+    ScoreFilter(
+        StandardNormalNoise(jnp.ones(())),
+        VPSDE(),
+        jnp.full(8, 8.0),
+        1.0,
+        steps=10,
+        finetune_steps=1,
+        batch_size=8,
+        sampler=sampler,
+    )
+    for sampler in ("reverse-sde", "smc")
 )
 # (name, filter, the problems it applies to)
 CASES = [
@@ -71,9 +75,10 @@ CASES = [
         ["linear", "l96-arctan"],
     ),
     ("sf", _score_filter, ["l96-arctan"]),
+    ("sf-smc", _score_filter_smc, ["l96-arctan"]),
 ]
 # The heaviest pairs (SMC with its particles) run in the slow suite.
-SLOW = {"ensf-smc"}
+SLOW = {"ensf-smc", "sf-smc"}
 PAIRS = [
     pytest.param(
         flt, problem, id=f"{name}-{problem}", marks=[pytest.mark.slow] if name in SLOW else []

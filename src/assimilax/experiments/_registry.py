@@ -52,6 +52,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "train_steps",
         "samples",
         "gaussian_residual",
+        "sampler",
+        "particles",
     ),
 }
 

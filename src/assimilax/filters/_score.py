@@ -172,20 +172,14 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
     def _smc(self, forecast, observation, y, mask, state_shape, *, key):
         """Members resampled from `smc_posterior` particles (mixture prior, exact score)."""
         n, d = forecast.shape
-        count = n if self.particles is None else self.particles
 
         def prior_score(x, t):
             alpha, sigma2 = self.sde.alpha(t), self.sde.sigma(t) ** 2
             return mixture_score(x.reshape(1, d), forecast, alpha, sigma2).reshape(state_shape)
 
-        init_key, smc_key, pick_key, perm_key = jr.split(key, 4)
-        x0 = self.sde.prior_sample((count, *state_shape), key=init_key, dtype=forecast.dtype)
-        xs, log_w = smc_posterior(
-            self.sde, prior_score, observation, y, mask, x0, key=smc_key, steps=self.steps
-        )
-        ancestors = resample(jnp.exp(log_w), "systematic", key=pick_key)
-        chosen = ancestors[jr.permutation(perm_key, count)[:n]]  # n of the count draws
-        return xs.reshape(count, d)[chosen]
+        count = n if self.particles is None else self.particles
+        args = (self.sde, prior_score, observation, y, mask, n, count, state_shape)
+        return smc_members(*args, steps=self.steps, dtype=forecast.dtype, key=key)
 
     def _reverse_sde(self, forecast, observation, y, mask, state_shape, *, key):
         n, d = forecast.shape
@@ -221,6 +215,19 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
 
         inputs = (jnp.arange(self.steps), times[:-1], times[1:], jr.split(loop_key, self.steps))
         return lax.scan(body, x0, inputs)[0]
+
+
+def smc_members(
+    sde, prior_score, observation, y, mask, n, count, state_shape, *, steps, dtype, key
+) -> Float[Array, "n d"]:
+    """`n` members drawn (systematic resampling) from `count` weighted particles of
+    `diffusion.smc_posterior`: the asymptotically exact analysis of a score prior."""
+    init_key, smc_key, pick_key, perm_key = jr.split(key, 4)
+    x0 = sde.prior_sample((count, *state_shape), key=init_key, dtype=dtype)
+    xs, log_w = smc_posterior(sde, prior_score, observation, y, mask, x0, key=smc_key, steps=steps)
+    ancestors = resample(jnp.exp(log_w), "systematic", key=pick_key)
+    chosen = ancestors[jr.permutation(perm_key, count)[:n]]  # n of the count draws
+    return xs.reshape(count, -1)[chosen]
 
 
 # The trained, adaptive score filter ------------------------------------------------
@@ -279,7 +286,10 @@ class ScoreFilter(AbstractFilter):
     `pretrain` builds a `GaussianResidual` around an `MLPScore`), `sde`, `loc`, `scale`,
     `guidance` ('damped' (default, $h(t) = 1 - t$), 'dps' or 'sda'), `steps` (reverse
     SDE steps, 100), `finetune_steps` (20), `batch_size` (fine-tuning mini-batch, 64),
-    `learning_rate` (1e-3), `inflation`.
+    `learning_rate` (1e-3), `inflation`, `sampler` ('reverse-sde' or 'smc': the analysis
+    members resampled from `particles` weighted SMC particles over the guided reverse SDE
+    of the network's prior, asymptotically exact for that prior; `guidance` is then the
+    SMC's twist, not used), `particles` (default: the ensemble size).
     """
 
     network: eqx.Module
@@ -292,6 +302,8 @@ class ScoreFilter(AbstractFilter):
     batch_size: int = eqx.field(static=True)
     optimiser: optax.GradientTransformation = eqx.field(static=True)
     inflation: AbstractInflation
+    sampler: str = eqx.field(static=True)
+    particles: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -306,7 +318,13 @@ class ScoreFilter(AbstractFilter):
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         inflation=None,
+        sampler: str = "reverse-sde",
+        particles: int | None = None,
     ):
+        if sampler not in ("reverse-sde", "smc"):
+            raise ValueError(f"`sampler` must be 'reverse-sde' or 'smc'; got {sampler!r}.")
+        if particles is not None and (int(particles) != particles or particles < 2):
+            raise ValueError(f"`particles` must be an integer >= 2 or None; got {particles!r}.")
         if guidance not in GUIDANCE:
             raise ValueError(f"`guidance` must be one of {tuple(GUIDANCE)}; got {guidance!r}.")
         for name, value, low in (
@@ -327,6 +345,8 @@ class ScoreFilter(AbstractFilter):
         self.batch_size = int(batch_size)
         self.optimiser = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
         self.inflation = as_inflation(inflation)
+        self.sampler = sampler
+        self.particles = None if particles is None else int(particles)
 
     @classmethod
     def pretrain(
@@ -447,11 +467,17 @@ class ScoreFilter(AbstractFilter):
 
         # 2. Guided reverse diffusion in standardised coordinates.
         obs = _Standardised(observation, loc, scale)
-        guide = GUIDANCE[self.guidance](obs, y, mask)
         prior = score_function(network, self.sde)
-        score = lambda x, t: prior(x, t) + guide(x, t, self.sde, prior)
-        x_init = self.sde.prior_sample(z.shape, key=init_key, dtype=dtype)
-        samples = euler_maruyama(self.sde, score, x_init, key=sample_key, steps=self.steps)
+        if self.sampler == "smc":
+            n = z.shape[0]
+            count = n if self.particles is None else self.particles
+            args = (self.sde, prior, obs, y, mask, n, count, z.shape[1:])
+            samples = smc_members(*args, steps=self.steps, dtype=dtype, key=sample_key)
+        else:
+            guide = GUIDANCE[self.guidance](obs, y, mask)
+            score = lambda x, t: prior(x, t) + guide(x, t, self.sde, prior)
+            x_init = self.sde.prior_sample(z.shape, key=init_key, dtype=dtype)
+            samples = euler_maruyama(self.sde, score, x_init, key=sample_key, steps=self.steps)
         analysis = self.inflation(forecast, loc[None] + scale * samples)
         if not carried:
             return Ensemble(analysis)
