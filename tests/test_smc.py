@@ -87,3 +87,15 @@ def test_bimodal_2d_marginals_match_quadrature():
         cdf = np.cumsum(marginal) / marginal.sum()
         distance = ks_distance(np.asarray(xs[:, axis_index]), w, axis, cdf)
         assert distance < 0.05, (axis_index, distance)
+
+
+def test_score_filters_check_their_sampler():
+    import pytest
+
+    from assimilax.filters import EnsembleScoreFilter
+
+    with pytest.raises(ValueError, match="sampler"):
+        EnsembleScoreFilter(sampler="magic")
+    with pytest.raises(ValueError, match="particles"):
+        EnsembleScoreFilter(sampler="smc", particles=1)
+    assert EnsembleScoreFilter(sampler="smc", particles=500.0).particles == 500

@@ -58,6 +58,15 @@ def mixture_score(
     return (weights @ centres - x) / sigma2
 
 
+def _check_sampler(sampler: str, particles) -> tuple[str, int | None]:
+    """The score filters' `sampler` ('reverse-sde' or 'smc') and `particles` (>= 2)."""
+    if sampler not in ("reverse-sde", "smc"):
+        raise ValueError(f"`sampler` must be 'reverse-sde' or 'smc'; got {sampler!r}.")
+    if particles is not None and (int(particles) != particles or particles < 2):
+        raise ValueError(f"`particles` must be an integer >= 2 or None; got {particles!r}.")
+    return sampler, None if particles is None else int(particles)
+
+
 def _one_minus_t(t):
     return 1 - t
 
@@ -124,10 +133,7 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         sampler: str = "reverse-sde",
         particles: int | None = None,
     ):
-        if sampler not in ("reverse-sde", "smc"):
-            raise ValueError(f"`sampler` must be 'reverse-sde' or 'smc'; got {sampler!r}.")
-        if particles is not None and (int(particles) != particles or particles < 2):
-            raise ValueError(f"`particles` must be an integer >= 2 or None; got {particles!r}.")
+        sampler, particles = _check_sampler(sampler, particles)
         if int(steps) != steps or steps < 2:
             raise ValueError(f"`steps` must be an integer >= 2; got {steps!r}.")
         if minibatch is not None and (int(minibatch) != minibatch or minibatch < 1):
@@ -145,8 +151,7 @@ class EnsembleScoreFilter(AbstractEnsembleFilter):
         self.paired = bool(paired)
         self.inflation = as_inflation(inflation)
         self.standardise = bool(standardise)
-        self.sampler = sampler
-        self.particles = None if particles is None else int(particles)
+        self.sampler, self.particles = sampler, particles
 
     def update(self, belief, observation, y, mask=None, *, key):
         raw = flatten_members(belief.members)
@@ -321,10 +326,7 @@ class ScoreFilter(AbstractFilter):
         sampler: str = "reverse-sde",
         particles: int | None = None,
     ):
-        if sampler not in ("reverse-sde", "smc"):
-            raise ValueError(f"`sampler` must be 'reverse-sde' or 'smc'; got {sampler!r}.")
-        if particles is not None and (int(particles) != particles or particles < 2):
-            raise ValueError(f"`particles` must be an integer >= 2 or None; got {particles!r}.")
+        sampler, particles = _check_sampler(sampler, particles)
         if guidance not in GUIDANCE:
             raise ValueError(f"`guidance` must be one of {tuple(GUIDANCE)}; got {guidance!r}.")
         for name, value, low in (
@@ -345,8 +347,7 @@ class ScoreFilter(AbstractFilter):
         self.batch_size = int(batch_size)
         self.optimiser = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
         self.inflation = as_inflation(inflation)
-        self.sampler = sampler
-        self.particles = None if particles is None else int(particles)
+        self.sampler, self.particles = sampler, particles
 
     @classmethod
     def pretrain(
