@@ -98,4 +98,4 @@ def test_score_filters_check_their_sampler():
         EnsembleScoreFilter(sampler="magic")
     with pytest.raises(ValueError, match="particles"):
         EnsembleScoreFilter(sampler="smc", particles=1)
-    assert EnsembleScoreFilter(sampler="smc", particles=500.0).particles == 500
+    assert EnsembleScoreFilter(sampler="smc", particles=500).particles == 500
