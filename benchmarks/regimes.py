@@ -67,6 +67,7 @@ def run(regime, filters, seed, cycles, members):
     return ax.twin_experiment(
         dyn, obs, filters, key=jr.key(seed), members=members, cycles=cycles,
         obs_interval=regime.obs_interval, burn_in=cycles // 10, **setup.start(regime.dim),
+        truth_dynamics=regime.make_truth_dynamics(),
     )  # fmt: skip
 
 

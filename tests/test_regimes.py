@@ -73,3 +73,42 @@ def test_standardised_ensf_tracks_lorenz63():
     assert scores["raw"]["diverged"] and scores["raw"]["rmse_analysis"] > 5
     assert not scores["standardised"]["diverged"]
     assert scores["standardised"]["rmse_analysis"] < 0.9
+
+
+def test_shocks_strike_at_their_rate_and_scale():
+    import jax.random as jr
+
+    from assimilax.dynamics import Lorenz96, Shocked
+
+    inner = Lorenz96(8)
+    x = jnp.full(8, 8.0).at[0].add(1.0)
+    never = Shocked(inner, [0.0], [0.5])
+    key = jr.key(0)
+    assert np.array_equal(
+        never.step(x, 0.0, 0.1, key=key), inner.step(x, 0.0, 0.1, key=jr.split(key, 3)[0])
+    )
+    # Rate 2 per unit time over 0.1: struck with probability 1 - exp(-0.2) = 0.181.
+    shocked = Shocked(inner, [2.0], [0.5])
+    keys = jr.split(jr.key(1), 4000)
+    steps = jax.vmap(lambda k: shocked.step(x, 0.0, 0.1, key=k))(keys)
+    plain = jax.vmap(lambda k: inner.step(x, 0.0, 0.1, key=jr.split(k, 3)[0]))(keys)
+    struck = np.any(np.abs(np.asarray(steps - plain)) > 1e-12, axis=1)
+    assert abs(struck.mean() - (1 - np.exp(-0.2))) < 0.02
+    # A strike moves each component by 0.5 |x| N(0, 1).
+    rel = np.asarray((steps - plain) / np.abs(plain))[struck]
+    assert abs(rel.std() - 0.5) < 0.03
+
+
+def test_shocks_hit_the_truth_only(tmp_path):
+    regime = get_regime("l96-arctan-shocks")
+    assert regime.make_truth_dynamics() is not None and regime.make_truth_dynamics() is not regime
+    out = tmp_path / "s.nc"
+    argv = ["twin", "--regime", "l96-arctan-shocks", "--filters", "letkf", "--cycles", "40"]
+    assert main([*argv, "--no-progress", "--out", str(out)]) in (0, 1)
+    calm = tmp_path / "c.nc"
+    argv = ["twin", "--model", "lorenz96", "--observation", "arctan", "--obs-std", "0.05"]
+    argv += ["--obs-interval", "0.1", "--filters", "letkf", "--cycles", "40", "--no-progress"]
+    assert main([*argv, "--out", str(calm)]) in (0, 1)
+    shocked, plain = ax.read_netcdf(out), ax.read_netcdf(calm)
+    # Same seed, same start and model: the truths part once a shock strikes.
+    assert not np.allclose(shocked["truth"].values, plain["truth"].values)

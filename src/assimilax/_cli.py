@@ -142,7 +142,8 @@ def _twin_parser(sub) -> None:
         "--regime",
         default=None,
         help="a named non-Gaussian regime (l63-sakov2012, l63-x-only, l96-sparse, l63-cubic, "
-        "l96-square): its model, observations and ensemble size; flags override",
+        "l96-square, l96-arctan-shocks): its model, observations and ensemble size; flags "
+        "override",
     )
     twin.add_argument(
         "--inflation",
@@ -672,6 +673,7 @@ def _run_twin(args) -> int:
         **setup.start(dim),
         progress=not args.no_progress,
         attrs=settings,
+        truth_dynamics=None if regime is None else regime.make_truth_dynamics(),
     )
     scores = summarise(ds)
     _print_table(names, scores, ds, args.cycles)

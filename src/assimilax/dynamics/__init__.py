@@ -2,6 +2,7 @@
 
 from ._linear import LinearDynamics as LinearDynamics
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96
+from ._shocks import Shocked as Shocked
 from ._spectral import (
     AbstractSemilinearSPDE as AbstractSemilinearSPDE,
     AbstractSpectralSPDE as AbstractSpectralSPDE,

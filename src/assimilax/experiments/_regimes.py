@@ -6,7 +6,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
-from ..dynamics import AbstractDynamics, Lorenz63, Lorenz96
+from ..dynamics import AbstractDynamics, Lorenz63, Lorenz96, Shocked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +30,21 @@ class Regime:
     source: str
     baselines: Mapping[str, float]
     model_noise_std: float | None = None
+    # (rate per time unit, relative size) of random multiplicative shocks on the truth
+    shocks: tuple[tuple[float, float], ...] = ()
 
     def make_dynamics(self) -> AbstractDynamics:
         """The model of this regime (with its model noise, if any)."""
         if self.model == "lorenz63":
             return Lorenz63(noise_std=self.model_noise_std)
         return Lorenz96(self.dim, noise_std=self.model_noise_std)
+
+    def make_truth_dynamics(self) -> AbstractDynamics | None:
+        """The truth's model when it differs from the filters' (shocks), else None."""
+        if not self.shocks:
+            return None
+        rates, scales = zip(*self.shocks, strict=True)
+        return Shocked(self.make_dynamics(), rates, scales)
 
 
 REGIMES: dict[str, Regime] = {
@@ -132,6 +141,30 @@ REGIMES: dict[str, Regime] = {
         burn_in=200,
         source="this project: y = x^2 on every 2nd site every 0.2 with std 5 (sign lost)",
         baselines={},
+    ),
+    "l96-arctan-shocks": Regime(
+        name="l96-arctan-shocks",
+        model="lorenz96",
+        dim=40,
+        observe="all",
+        operator="arctan",
+        obs_std=0.05,
+        obs_interval=0.1,
+        members=20,
+        cycles=1000,
+        burn_in=100,
+        # The EnSF code's shocks: s in {0.5, 0.2, 0.05} w.p. {0.005, 0.01, 0.02} per step of 0.01.
+        shocks=((0.5, 0.5), (1.0, 0.2), (2.0, 0.05)),
+        source=(
+            "Bao, Zhang & Zhang (2024) EnSF code (arctan, sigma 0.05, every 0.1, N=20, shocks on "
+            "the truth only); d=40 here (their d=10^6 run: cycles 100-149)"
+        ),
+        baselines={
+            "EnSF d=1e6 (authors' run)": 0.87,
+            "LETKF fixed infl 1.1 d=1e6 (authors' run)": 7.23,
+            "LETKF tuned d=100, no shocks": 0.138,
+            "EnSF d=100, no shocks": 0.193,
+        },
     ),
 }
 

@@ -36,6 +36,7 @@ def twin_experiment(
     init_length_scale: float | None = None,
     progress: bool | None = False,
     attrs: Mapping[str, object] | None = None,
+    truth_dynamics: AbstractDynamics | None = None,
 ):
     r"""Run a twin experiment and return its results as an `xarray.Dataset`.
 
@@ -64,7 +65,8 @@ def twin_experiment(
     `metrics.divergence`) and `wall_seconds(filter)` (the only variable that differs
     between runs with equal seeds). Settings, including `burn_in` (in cycles), are
     attributes. Time-averaged scores: `summarise(ds)`. `progress`: show progress bars
-    (None: when interactive).
+    (None: when interactive). `truth_dynamics` (default `dynamics`) runs the truth only,
+    e.g. `dynamics.Shocked(...)`: a model error the filters do not know.
     """
     _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std)
     state_shape = tuple(dynamics.state_shape)
@@ -72,6 +74,8 @@ def twin_experiment(
     x0 = jnp.asarray(x0, dtype)
     if x0.shape != state_shape:
         raise ValueError(f"`x0` must have shape {state_shape}; got {x0.shape}.")
+    if truth_dynamics is not None and tuple(truth_dynamics.state_shape) != state_shape:
+        raise ValueError("`truth_dynamics` must have the state shape of `dynamics`.")
 
     # Truth and observations ---------------------------------------------------------
     start_key, spin_key, truth_key, obs_key, ens_key, run_key = jr.split(key, 6)
@@ -82,7 +86,7 @@ def twin_experiment(
         x0 = dynamics.step(x0, 0.0, spinup_time, key=spin_key)
     times = obs_interval * jnp.arange(1, cycles + 1, dtype=dtype)
     # As `simulate(dynamics, observation, x0, times)`, with the keys of earlier versions.
-    truth = truth_run(dynamics, x0, times, truth_key)
+    truth = truth_run(dynamics if truth_dynamics is None else truth_dynamics, x0, times, truth_key)
     y = synthetic_observations(observation, truth, obs_key)
     series = ObservationSeries(observation, times, y)
     ensemble = Ensemble(
