@@ -148,10 +148,14 @@ def check_key(key) -> None:
         )
 
 
-def check_run_inputs(filter, dynamics, observation, belief0, dtype) -> tuple[int, ...]:
-    """The checks every run makes before compiling anything; returns the state shape.
+def check_run_inputs(
+    filter, dynamics, observation, belief0, dtype, *, truth=None, records=None, save_ensembles=False
+):
+    """The checks every run makes before compiling anything; returns `(state_shape,
+    truth)` (the truth as an array, or None).
 
-    `observation` is the operator of the records, `dtype` the dtype of their values."""
+    `observation` is the operator of the records, `dtype` the dtype of their values,
+    `records` their number (None for a stream: then no `truth` is allowed)."""
     if not isinstance(filter, AbstractFilter):
         raise TypeError(f"`filter` must be an AbstractFilter; got {type(filter).__name__}.")
     if not isinstance(dynamics, AbstractDynamics):
@@ -198,7 +202,24 @@ def check_run_inputs(filter, dynamics, observation, belief0, dtype) -> tuple[int
             f"The observation operator {name} does not accept a state of the dynamics' shape "
             f"{state_shape}: it was built for state shape {tuple(observation.state_shape)}."
         )
-    return state_shape
+    if truth is not None:
+        if records is None:
+            raise ValueError("`truth` needs an ObservationSeries (aligned by index), not a stream.")
+        truth = jnp.asarray(truth)
+        check_shape(truth, (records, *state_shape), "truth", "(K, *state_shape)")
+    if save_ensembles and as_ensemble(belief0) is None:
+        raise ValueError("`save_ensembles=True` needs an ensemble belief.")
+    return state_shape, truth
+
+
+def check_t0(t0, times) -> None:
+    """`t0` must precede the first observation time (when both are concrete)."""
+    if times.shape[0] and is_concrete(t0) and is_concrete(times):
+        if not float(t0) < float(times[0]):
+            raise ValueError(
+                f"`t0` ({float(t0)}) must be earlier than the first observation time "
+                f"({float(times[0])})."
+            )
 
 
 def make_solution(out: dict, belief, result, throw: bool) -> Solution:
@@ -281,22 +302,14 @@ def assimilate(
             "stream, output files or checkpoints use `assimilate_stream`)."
         )
     check_key(key)
-    check_run_inputs(filter, dynamics, series.observation, belief0, series.values.dtype)
-    state_shape = tuple(dynamics.state_shape)
-    k = len(series)
-    if k == 0:
+    if len(series) == 0:
         raise ValueError("`series` holds no records to assimilate.")
-    if truth is not None:
-        truth = jnp.asarray(truth)
-        check_shape(truth, (k, *state_shape), "truth", "(K, *state_shape)")
-    if save_ensembles and as_ensemble(belief0) is None:
-        raise ValueError("`save_ensembles=True` needs an ensemble belief.")
+    _, truth = check_run_inputs(
+        filter, dynamics, series.observation, belief0, series.values.dtype,
+        truth=truth, records=len(series), save_ensembles=save_ensembles,
+    )  # fmt: skip
     t0 = jnp.asarray(t0, series.times.dtype)
-    if is_concrete(t0) and is_concrete(series.times) and not float(t0) < float(series.times[0]):
-        raise ValueError(
-            f"`t0` ({float(t0)}) must be earlier than the first observation time "
-            f"({float(series.times[0])})."
-        )
+    check_t0(t0, series.times)
     first = jnp.asarray(0, jnp.int32)
     belief, result, out = run_cycles(
         filter,

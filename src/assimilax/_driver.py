@@ -15,14 +15,13 @@ from ._assimilate import (
     Solution,
     check_key,
     check_run_inputs,
+    check_t0,
     initial_result,
     make_solution,
     run_cycles,
 )
 from ._belief import AbstractBelief
-from ._checks import check_shape
 from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
-from ._ensemble import as_ensemble
 from ._io import check_output_paths, fingerprint
 from ._sinks import AbstractSink, Checkpoint, ChunkResult, ProgressBar, RunInfo
 from ._streams import ObservationSeries, ObservationStream, batch_records
@@ -49,7 +48,10 @@ def key_data(key) -> list[int]:
 
 def _digest(digest, series: ObservationSeries) -> None:
     """Add the records of `series` to a running hash, record by record (so the hash
-    does not depend on how the records were chunked)."""
+    does not depend on how the records were chunked); nothing without a hash (a run
+    without a checkpoint needs none)."""
+    if digest is None:
+        return
     fields = [np.asarray(series.times), np.asarray(series.values), np.asarray(series.mask)]
     if series.noise_std is not None:
         fields.append(np.asarray(series.noise_std))
@@ -170,13 +172,10 @@ def assimilate_stream(
         carry, start, meta = _load(checkpoint, carry, run_id)
     elif checkpoint is not None:
         checkpoint.check_writable()
-    if not resume and not is_stream and k > 0 and not float(t0) < float(observations.times[0]):
-        raise ValueError(
-            f"`t0` ({float(t0)}) must be earlier than the first observation time "
-            f"({float(observations.times[0])})."
-        )
+    if not resume and not is_stream:
+        check_t0(t0, observations.times)
     # A running hash of the records assimilated: a resume must see the same ones.
-    digest = hashlib.sha256()
+    digest = None if checkpoint is None else hashlib.sha256()
     chunks = _records(observations, start, chunk_size, digest)
     if resume:
         chunks = _check_skipped(chunks, digest, meta, start, checkpoint)
@@ -222,16 +221,12 @@ def _checked(
         )
     check_key(key)
     dtype = None if is_stream else observations.values.dtype
-    state_shape = check_run_inputs(filter, dynamics, observations.observation, belief0, dtype)
-    sinks, checkpoint = _ordered_sinks(sinks)
     k = None if is_stream else len(observations)
-    if truth is not None:
-        if is_stream:
-            raise ValueError("`truth` needs an ObservationSeries (aligned by index), not a stream.")
-        truth = jnp.asarray(truth)
-        check_shape(truth, (k, *state_shape), "truth", "(K, *state_shape)")
-    if save_ensembles and as_ensemble(belief0) is None:
-        raise ValueError("`save_ensembles=True` needs an ensemble belief.")
+    state_shape, truth = check_run_inputs(
+        filter, dynamics, observations.observation, belief0, dtype,
+        truth=truth, records=k, save_ensembles=save_ensembles,
+    )  # fmt: skip
+    sinks, checkpoint = _ordered_sinks(sinks)
     if chunk_size is None:
         chunk_size = 1 if is_stream else (100 if sinks else max(k, 1))
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
@@ -317,7 +312,8 @@ def _drive(step, carry, chunks, sinks, info: RunInfo, digest):
             carry, out = step(carry, lo, chunk)
             _digest(digest, chunk)
             done = lo + len(chunk)
-            meta = dict(info.run_id, records=done, records_sha256=digest.hexdigest())
+            sha = None if digest is None else digest.hexdigest()
+            meta = dict(info.run_id, records=done, records_sha256=sha)
             out = jax.device_get(out) if sinks else out
             result = ChunkResult(lo, done, out, carry, meta)
             outputs.append(out)
