@@ -29,6 +29,7 @@ from assimilax.filters import (  # noqa: E402
     LETKF,
     BootstrapFilter,
     EnsembleScoreFilter,
+    HybridScoreFilter,
     StochasticEnKF,
 )
 
@@ -57,6 +58,22 @@ def sweeps(regime):
             for t in (0.03, 0.1, 0.3)
             for s in (0.5, 1.0)
         ],
+        # Adaptive (None: ESS >= target n) or fixed bandwidths; local with the LETKF's radii.
+        "hybrid": [
+            (
+                f"h {h or f'ess{e}'} i {i}" + (f" r {r:g}" if radius is None else ""),
+                HybridScoreFilter(
+                    h,
+                    None if radius else r,
+                    ess_target=e,
+                    inflation=i,
+                    linearise="kernel" if regime.operator != "linear" else "ensemble",
+                ),
+            )
+            for h, e in ((None, 0.5), (None, 0.3), (0.3, 0.5), (0.5, 0.5), (0.7, 0.5))
+            for i in (1.0, 1.02, 1.05)
+            for r in radii
+        ],
     }
 
 
@@ -77,7 +94,7 @@ def main():
     parser.add_argument("--cycles", type=int, default=None, help="default: the regime's")
     parser.add_argument("--seeds", type=int, default=3, help="scoring seeds (after seed 0)")
     parser.add_argument("--members", type=int, default=None, help="default: the regime's")
-    parser.add_argument("--filters", default="etkf,letkf,enkf,pf,ensf-std")
+    parser.add_argument("--filters", default="etkf,letkf,enkf,pf,ensf-std,hybrid")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} device(s)")
     print(f"jax {jax.__version__}, assimilax {ax.__version__}, float64")

@@ -17,6 +17,7 @@ from assimilax.filters import (
     RTPS,
     BootstrapFilter,
     EnsembleScoreFilter,
+    HybridScoreFilter,
     KalmanFilter,
     OptimalProposalFilter,
     ScoreFilter,
@@ -72,6 +73,12 @@ CASES = [
     (
         "ensf-smc",
         EnsembleScoreFilter(steps=10, sampler="smc", standardise=True, t_min=0.1),
+        ["linear", "l96-arctan"],
+    ),
+    ("hybrid", HybridScoreFilter(1.0), ["linear", "l96-arctan"]),
+    (
+        "hybrid-local",
+        HybridScoreFilter(radius=2.0, linearise="kernel", inflation=1.02),
         ["linear", "l96-arctan"],
     ),
     ("sf", _score_filter, ["l96-arctan"]),

@@ -38,6 +38,7 @@ _positive_float = _number(float, 0.0, True, "a positive finite number")
 _nonnegative_float = _number(float, 0.0, False, "a finite number >= 0")
 _seed = _number(int, 0, False, f"an integer seed in [0, {_SEED_MAX}]", _SEED_MAX)
 _fraction = _number(float, 0.0, False, "a number in [0, 1]", 1.0)
+_bandwidth = _number(float, 0.0, True, "a number in (0, 1]", 1.0)
 
 
 def _open_fraction(text: str) -> float:
@@ -101,7 +102,7 @@ def _twin_parser(sub) -> None:
     twin.add_argument(
         "--filters",
         default="etkf,letkf,enkf",
-        help="comma-separated: etkf,letkf,enkf,pf,ensf,sf (sf pre-trains a network first)",
+        help="comma-separated: etkf,letkf,enkf,pf,ensf,hybrid,sf (sf pre-trains a network first)",
     )
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
@@ -155,7 +156,14 @@ def _twin_parser(sub) -> None:
         "--radius",
         type=_positive_float,
         default=None,
-        help="LETKF localisation radius (grid points)",
+        help="localisation radius (grid points) of the LETKF and the local hybrid",
+    )
+    twin.add_argument(
+        "--bandwidth",
+        type=_bandwidth,
+        default=None,
+        help="hybrid score filter: kernel width in forecast spreads, in (0, 1] (1: Kalman; "
+        "default: adaptive, the smallest keeping the kernels' ESS at half the members)",
     )
     twin.add_argument(
         "--threshold",
@@ -581,7 +589,7 @@ def _filter_options(args, names) -> dict[str, dict]:
 
     given = {
         k: getattr(args, k)
-        for k in ("inflation", "radius", *_PF_OPTIONS)
+        for k in ("inflation", "radius", "bandwidth", *_PF_OPTIONS)
         if getattr(args, k) is not None
     }
     for option in given:

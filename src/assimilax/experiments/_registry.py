@@ -13,6 +13,7 @@ from ..filters import (
     AbstractFilter,
     BootstrapFilter,
     EnsembleScoreFilter,
+    HybridScoreFilter,
     ScoreFilter,
     StochasticEnKF,
 )
@@ -26,6 +27,7 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "enkf": StochasticEnKF,
     "pf": BootstrapFilter,
     "ensf": EnsembleScoreFilter,
+    "hybrid": HybridScoreFilter,
     "sf": ScoreFilter,
 }
 # The options each filter takes by name (from the CLI or `make_filter` overrides).
@@ -44,6 +46,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "sampler",
         "particles",
     ),
+    "hybrid": ("inflation", "radius", "bandwidth", "ess_target", "linearise"),
     "sf": (
         "inflation",
         "guidance",
@@ -61,7 +64,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 def make_filter(
     name: str, model: str | ModelSetup, *, dim: int | None = None, **overrides
 ) -> AbstractFilter:
-    """Build filter `name` ('etkf', 'letkf', 'enkf', 'pf', 'ensf', 'sf') with the
+    """Build filter `name` ('etkf', 'letkf', 'enkf', 'pf', 'ensf', 'hybrid', 'sf') with the
     defaults tuned for `model`.
 
     `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the

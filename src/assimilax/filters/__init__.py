@@ -1,6 +1,7 @@
 """Filters: every one has `init`, `forecast` and `update` on the shared interfaces."""
 
 from ._enkf import ETKF as ETKF, StochasticEnKF as StochasticEnKF
+from ._hybrid import HybridScoreFilter as HybridScoreFilter
 from ._inflation import (
     RTPP as RTPP,
     RTPS as RTPS,

@@ -1,10 +1,14 @@
 """The local ensemble transform Kalman filter (LETKF)."""
 
+import math
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._custom_types import Array, Float
 from .._ensemble import flatten_members
 from ..observations.base import grid_coordinates
 from ._enkf import innovation_terms, transform, unflatten
@@ -62,31 +66,17 @@ class LETKF(AbstractEnsembleFilter):
 
     def update(self, belief, observation, y, mask=None, *, key):
         del key
-        locations = observation.locations()
-        if locations is None:
-            raise TypeError(
-                f"LETKF needs observation locations, but {type(observation).__name__} "
-                "has none. Use Identity/Subsample, or pass `locations=` to "
-                "LinearObservation."
-            )
-        state_shape = belief.state_shape
-        if locations.shape[-1] != len(state_shape):
-            raise ValueError(
-                f"Observation locations have {locations.shape[-1]} coordinate(s), but "
-                f"the state has {len(state_shape)} axes {state_shape}; they must match."
-            )
         terms = innovation_terms(belief, observation, y, mask)
-        d = terms.mean.shape[0]
         dtype = terms.mean.dtype
-        grid = grid_coordinates(jnp.arange(d), state_shape).astype(dtype)
-        locations = locations.astype(dtype)
-        domain = state_shape if self.periodic else None
+        grid, taper_at = local_tapers(
+            self.localisation, observation, belief.state_shape, self.periodic, dtype
+        )
         k = self.max_local_observations
         if k is not None:
             k = min(k, observation.obs_dim)
 
         def local_analysis(point, anomalies):
-            taper = self.localisation(periodic_distance(point[None], locations, domain))
+            taper = taper_at(point)
             if k is None:
                 s, innovation = terms.obs_anomalies, terms.innovation
             else:
@@ -101,3 +91,30 @@ class LETKF(AbstractEnsembleFilter):
         analysis = terms.mean[None] + increments
         forecast = flatten_members(belief.members)
         return unflatten(self.inflation(forecast, analysis), belief)
+
+
+def local_tapers(
+    localisation: GaspariCohn, observation, state_shape: tuple[int, ...], periodic: bool, dtype
+) -> tuple[Float[Array, "d ndim"], Callable]:
+    """The grid points' coordinates (rows: flattened grid points) and the function giving
+    the taper of every observation at one of them, from the distances between grid
+    indices and `observation.locations()` (periodic in each axis if `periodic`)."""
+    locations = observation.locations()
+    if locations is None:
+        raise TypeError(
+            f"Local analyses need observation locations, but {type(observation).__name__} "
+            "has none. Use Identity/Subsample, or pass `locations=` to LinearObservation."
+        )
+    if locations.shape[-1] != len(state_shape):
+        raise ValueError(
+            f"Observation locations have {locations.shape[-1]} coordinate(s), but "
+            f"the state has {len(state_shape)} axes {state_shape}; they must match."
+        )
+    grid = grid_coordinates(jnp.arange(math.prod(state_shape)), state_shape).astype(dtype)
+    locations = locations.astype(dtype)
+    domain = state_shape if periodic else None
+
+    def taper_at(point: Float[Array, " ndim"]) -> Float[Array, " m"]:
+        return localisation(periodic_distance(point[None], locations, domain))
+
+    return grid, taper_at
