@@ -1,6 +1,6 @@
 """The score filters next to the EnKF family: Lorenz-96 accuracy, an SPDE table, scaling.
 
-    python benchmarks/score_filters.py [--twin] [--spde] [--scaling] [--dims 1000,...]
+    python benchmarks/score_filters.py [--twin] [--spde] [--local] [--scaling] [--dims 1000,...]
 
 `--twin`: d=40, N=20, 500 cycles (burn-in 100), float64, one seed: linear observations
 (all, unit noise, every 0.05) and arctan observations (all, noise 0.05, every 0.05), for
@@ -9,6 +9,11 @@ ETKF, LETKF and EnSF (defaults, and with likelihood_scale=10, t_min=0.01).
 0.3 every 1.0, N=20, 200 cycles (burn-in 50), float64: LETKF (radius 16), EnSF, the
 bootstrap PF and the trained score filter (CLI defaults): RMSE, CRPS, 90 % coverage,
 spread, spectral error (`metrics.spectral_error`), s/cycle (SF: pre-training included).
+`--local`: the localised score update as the dimension grows: arctan Lorenz-96 (all
+observed, noise 0.05, every 0.05), N=20, 300 cycles (burn-in 60), float64, seed 0, at
+d = 40, 200, 1000 (`--local-dims`): LETKF (preset), EnSF (defaults) and the local
+hybrid score filter (radius 4, adaptive bandwidth at ESS 0.9 N, 32 nearest observations):
+RMSE, its ratio to d = 40, s/cycle, peak resident memory.
 `--scaling`: seconds per cycle of EnSF (N=20, K=100, arctan observations of every
 component) at each dimension, split into forecast and analysis (compiled, best of 3),
 float32, with the process's peak resident memory after each size.
@@ -147,10 +152,55 @@ def _scaling(dims):
         print(f"{d:>9} {t_f:>11.4f} {t_a:>11.3f} {t_f + t_a:>9.3f} {rss:>13.2f}", flush=True)
 
 
+def _local(dims):
+    import jax.random as jr
+
+    import assimilax as ax
+    from assimilax.filters import EnsembleScoreFilter, HybridScoreFilter
+
+    setup = ax.MODELS["lorenz96"]
+    filters = {
+        "letkf": ax.make_filter("letkf", "lorenz96"),
+        "ensf": EnsembleScoreFilter(),
+        "hybrid": HybridScoreFilter(radius=4.0, ess_target=0.9, max_local_observations=32),
+    }
+    print("\nLocal score update vs d: arctan Lorenz-96, N=20, 300 cycles, float64, seed 0")
+    head = f"{'d':>6} {'filter':<8} {'rmse_a':>7} {'/d=40':>6} {'spread':>7} {'s/cycle':>8}"
+    print(f"{head} {'peak MB':>8}")
+    first = {}
+    for d in dims:
+        ds = ax.twin_experiment(
+            setup.make_dynamics(d),
+            ax.make_observation(d, 0.05, "all", "arctan"),
+            filters,
+            key=jr.key(0),
+            members=20,
+            cycles=300,
+            obs_interval=0.05,
+            burn_in=60,
+            x0=setup.initial_state(d),
+            spinup_time=20.0,
+            init_std=1.0,
+        )
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for name, s in ax.summarise(ds).items():
+            first.setdefault(name, s["rmse_analysis"])
+            sec = float(ds["wall_seconds"].sel(filter=name)) / 300
+            flag = " DIVERGED" if s["diverged"] else ""
+            print(
+                f"{d:>6} {name:<8} {s['rmse_analysis']:>7.3f} "
+                f"{s['rmse_analysis'] / first[name]:>6.2f} {s['spread_analysis']:>7.3f} "
+                f"{sec:>8.4f} {peak:>8.0f}{flag}",
+                flush=True,
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--twin", action="store_true")
     parser.add_argument("--spde", action="store_true")
+    parser.add_argument("--local", action="store_true")
+    parser.add_argument("--local-dims", default="40,200,1000")
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--dims", default="1000,10000,100000,1000000")
     args = parser.parse_args()
@@ -162,6 +212,9 @@ def main():
     if args.spde:
         jax.config.update("jax_enable_x64", True)
         _spde()
+    if args.local:
+        jax.config.update("jax_enable_x64", True)
+        _local([int(d) for d in args.local_dims.split(",")])
     if args.scaling:
         jax.config.update("jax_enable_x64", False)
         _scaling([int(d) for d in args.dims.split(",")])

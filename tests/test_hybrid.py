@@ -134,6 +134,13 @@ def test_local_analyses_see_only_nearby_observations():
     far = np.arange(8, 13)
     np.testing.assert_allclose(got.members[:, far], ens.members[:, far], rtol=0, atol=1e-12)
     assert not np.allclose(got.members[:, 0], ens.members[:, 0])
+    # Keeping only the nearest observations changes nothing when the rest are tapered out.
+    every = Subsample.every(20, 1, noise_std=0.3)
+    y = jnp.linspace(-1.0, 1.0, 20)
+    full = HybridScoreFilter(0.5, radius=1.0).update(ens, every, y, key=jr.key(12))
+    near = HybridScoreFilter(0.5, radius=1.0, max_local_observations=7)  # support: 7
+    near = near.update(ens, every, y, key=jr.key(12))
+    np.testing.assert_allclose(near.members, full.members, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +151,7 @@ def test_local_analyses_see_only_nearby_observations():
         ({"ess_target": 0.0}, "ess_target"),
         ({"linearise": "exact"}, "linearise"),
         ({"batch_size": 0}, "batch_size"),
+        ({"max_local_observations": 0}, "max_local_observations"),
     ],
 )
 def test_bad_settings_are_named(kwargs, match):

@@ -46,7 +46,14 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "sampler",
         "particles",
     ),
-    "hybrid": ("inflation", "radius", "bandwidth", "ess_target", "linearise"),
+    "hybrid": (
+        "inflation",
+        "radius",
+        "bandwidth",
+        "ess_target",
+        "linearise",
+        "max_local_observations",
+    ),
     "sf": (
         "inflation",
         "guidance",
