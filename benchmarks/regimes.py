@@ -4,8 +4,10 @@
                                  [--seeds 3] [--members N]
 
 For each regime (`assimilax.experiments.REGIMES`): every filter's settings are swept
-on a tuning seed (0), the best setting (lowest time-averaged analysis RMSE, not
-DIVERGED/FAILED) is then scored on other seeds (1..S) and the table prints RMSE ±
+on tuning seeds (1000, 1001, ...; one seed proved fragile: on l96-square it picked an
+LETKF setting that lost track on every scoring seed), the best setting (lowest mean
+time-averaged analysis RMSE, DIVERGED/FAILED on none) is then scored on other seeds
+(1..S) and the table prints RMSE ±
 standard error over seeds, spread, CRPS, 90 % coverage and cycles/s (compilation
 included; tuning settings are array fields, so a sweep compiles once per filter).
 Published baselines of the regime are printed beside it. Machine and versions first.
@@ -58,18 +60,24 @@ def sweeps(regime):
             for t in (0.03, 0.1, 0.3)
             for s in (0.5, 1.0)
         ],
-        # Adaptive bandwidth (ESS >= target n) or h = 0.5; local with the LETKF's radii;
-        # the ensemble regression (per-kernel Jacobians measured no better on l96-square).
+        # Adaptive bandwidth (ESS >= target n); local with the LETKF's radii.
         "hybrid": [
             (
-                f"h {h or f'ess{e}'} i {i}" + (f" r {r:g}" if radius is None else ""),
+                f"ess {e} i {i}" + (f" r {r:g}" if radius is None else "") + f" {lin[:3]}",
                 HybridScoreFilter(
-                    h, None if radius else r, ess_target=e, inflation=i, max_local_observations=32
+                    radius=None if radius else r,
+                    ess_target=e,
+                    inflation=i,
+                    linearise=lin,
+                    max_local_observations=32,
                 ),
             )
-            for h, e in ((None, 0.5), (None, 0.7), (None, 0.9), (0.5, 0.9))
-            for i in (1.0, 1.05)
+            for e in (0.5, 0.7, 0.9)
+            for i in (1.0, 1.05, 1.1)
             for r in radii
+            # Per-kernel Jacobians only where they are cheap (d = 3).
+            for lin in ("ensemble", "kernel")[: 2 if regime.dim <= 3 else 1]
+            if lin == "ensemble" or regime.operator != "linear"
         ],
     }
 
@@ -89,7 +97,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument("--cycles", type=int, default=None, help="default: the regime's")
-    parser.add_argument("--seeds", type=int, default=3, help="scoring seeds (after seed 0)")
+    parser.add_argument("--seeds", type=int, default=3, help="scoring seeds (1, 2, ...)")
+    parser.add_argument(
+        "--tuning-seeds", type=int, default=2, help="tuning seeds (1000, 1001, ...): mean RMSE"
+    )
     parser.add_argument("--members", type=int, default=None, help="default: the regime's")
     parser.add_argument("--filters", default="etkf,letkf,enkf,pf,ensf-std,hybrid")
     args = parser.parse_args()
@@ -106,12 +117,16 @@ def main():
         candidates = sweeps(regime)
         for fname in args.filters.split(","):
             grid = dict(candidates[fname])
-            tuned = ax.summarise(run(regime, grid, 0, cycles, members))
-            ok = {k: v for k, v in tuned.items() if not status(v)}
+            # Tuning seeds far from the scoring ones; a setting must hold on all of them.
+            tuned = [
+                ax.summarise(run(regime, grid, 1000 + s, cycles, members))
+                for s in range(args.tuning_seeds)
+            ]
+            ok = [k for k in grid if not any(status(t[k]) for t in tuned)]
             if not ok:
                 print(f"{fname:<9} {'(every setting diverged)':<22}")
                 continue
-            best = min(ok, key=lambda k: ok[k]["rmse_analysis"])
+            best = min(ok, key=lambda k: np.mean([t[k]["rmse_analysis"] for t in tuned]))
             rows, rates = [], []
             for seed in range(1, args.seeds + 1):
                 start = time.perf_counter()
