@@ -120,8 +120,10 @@ REGIMES: dict[str, Regime] = {
         members=100,
         cycles=3000,
         burn_in=300,
-        # DAPPER: Q = 0.01 / (dko dt) per step of dt = 0.01 at dko = 35: 2.86 per unit time.
-        model_noise_std=math.sqrt(0.01 / 0.35 / 0.01),
+        # DAPPER: Dyn.noise C = 0.01 / (dko dt) at dko = 35, dt = 0.01, added as sqrt(dt) N(0, C)
+        # each step: a variance of C = 0.0286 per unit time (std 0.169; this was 10x too
+        # large until measured against DAPPER's 0.20).
+        model_noise_std=math.sqrt(0.01 / 0.35),
         source="Mandel et al. (2016); DAPPER `mods.Lorenz63.mandel2016` (y = x^3, model noise)",
         baselines={"PertObs EnKF N=10 infl 1.20": 0.64, "PertObs EnKF N=100 infl 1.03": 0.20},
     ),
