@@ -120,3 +120,19 @@ def test_spectral_error(getkey):
     smooth = jnp.fft.irfft(jnp.where(jnp.arange(33) < 8, xh, 0), n=64)
     assert spectral_error(smooth, x) > 3
     assert spectral_error(x + 0.1 * jr.normal(getkey(), (64,)), x) < 0.1
+
+
+def test_divergence_needs_sustained_large_innovations():
+    calm = np.ones(400)
+    assert not metrics.divergence(calm)
+    # Rare huge ratios (a tracking filter seen through y = x^3) are not divergence ...
+    spiky = calm.copy()
+    spiky[::25] = 500.0
+    assert not metrics.divergence(spiky)
+    # ... a run of them is, as are non-finite values; the burn-in is skipped.
+    lost = calm.copy()
+    lost[300:] = 40.0
+    assert metrics.divergence(lost)
+    assert not metrics.divergence(lost, burn_in=0, window=400)
+    assert metrics.divergence(np.r_[calm, np.nan])
+    assert not metrics.divergence(np.r_[np.full(50, 40.0), calm], burn_in=50)

@@ -213,18 +213,23 @@ DIVERGENCE_RATIO = 10.0
 def divergence(
     ratio, burn_in: int = 0, *, window: int | None = None, threshold: float = DIVERGENCE_RATIO
 ) -> bool:
-    """Whether a filter lost track: the windowed mean of its `innovation_ratio` series
-    (K,) exceeds `threshold` somewhere after `burn_in` (window: 5 % of the cycles
+    """Whether a filter lost track: the windowed median of its `innovation_ratio`
+    series (K,) exceeds `threshold` somewhere after `burn_in` (window: 5 % of the cycles
     after burn-in, at least 10 and at most the cycles available). Non-finite values
-    count as divergence."""
+    count as divergence.
+
+    The median, not the mean: a filter that lost track has large ratios cycle after
+    cycle, while a strongly nonlinear operator (y = x^3 on Lorenz-63) gives a tracking
+    filter rare, huge ratios (skewed forecasts in observation space) that a windowed
+    mean mistook for divergence (measured: every filter flagged at RMSE 0.10-0.15)."""
     r = np.asarray(ratio, np.float64)[burn_in:]
     if r.size == 0:
         return False
     if not np.all(np.isfinite(r)):
         return True
     w = min(r.size, max(10, r.size // 20)) if window is None else min(window, r.size)
-    sums = np.convolve(r, np.ones(w), mode="valid") / w
-    return bool(np.any(sums > threshold))
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(r, w), axis=1)
+    return bool(np.any(medians > threshold))
 
 
 def gaussian_crps(mean, std, truth):
