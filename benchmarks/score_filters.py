@@ -28,15 +28,33 @@ import time
 import jax
 
 
-def _twin():
+def _l96_twin(d, operator, std, filters, *, cycles, burn_in):
+    """A Lorenz-96 twin at dimension `d`, all observed every 0.05, N=20, seed 0."""
     import jax.random as jr
 
+    import assimilax as ax
+
+    setup = ax.MODELS["lorenz96"]
+    return ax.twin_experiment(
+        setup.make_dynamics(d),
+        ax.make_observation(d, std, "all", operator),
+        filters,
+        key=jr.key(0),
+        members=20,
+        cycles=cycles,
+        obs_interval=0.05,
+        burn_in=burn_in,
+        x0=setup.initial_state(d),
+        spinup_time=20.0,
+        init_std=1.0,
+    )
+
+
+def _twin():
     import assimilax as ax
     from assimilax.diffusion import EnSFSDE
     from assimilax.filters import ETKF, EnsembleScoreFilter
 
-    setup = ax.MODELS["lorenz96"]
-    dyn = setup.make_dynamics(40)
     filters = {
         "etkf": ETKF(inflation=1.02),
         "letkf": ax.make_filter("letkf", "lorenz96"),
@@ -48,19 +66,7 @@ def _twin():
         f"{'observation':<22} {'filter':<11} {'rmse_a':>7} {'spread':>7} {'crps':>7} {'s/cycle':>8}"
     )
     for label, op, std in (("linear, std 1", "linear", 1.0), ("arctan, std 0.05", "arctan", 0.05)):
-        ds = ax.twin_experiment(
-            dyn,
-            ax.make_observation(40, std, "all", op),
-            filters,
-            key=jr.key(0),
-            members=20,
-            cycles=500,
-            obs_interval=0.05,
-            burn_in=100,
-            x0=setup.initial_state(40),
-            spinup_time=20.0,
-            init_std=1.0,
-        )
+        ds = _l96_twin(40, op, std, filters, cycles=500, burn_in=100)
         for name, s in ax.summarise(ds).items():
             sec = float(ds["wall_seconds"].sel(filter=name)) / 500
             flag = " FAILED" if s["failed"] else ""
@@ -153,12 +159,10 @@ def _scaling(dims):
 
 
 def _local(dims):
-    import jax.random as jr
 
     import assimilax as ax
     from assimilax.filters import EnsembleScoreFilter, HybridScoreFilter
 
-    setup = ax.MODELS["lorenz96"]
     filters = {
         "letkf": ax.make_filter("letkf", "lorenz96"),
         "ensf": EnsembleScoreFilter(),
@@ -169,19 +173,7 @@ def _local(dims):
     print(f"{head} {'peak MB':>8}")
     first = {}
     for d in dims:
-        ds = ax.twin_experiment(
-            setup.make_dynamics(d),
-            ax.make_observation(d, 0.05, "all", "arctan"),
-            filters,
-            key=jr.key(0),
-            members=20,
-            cycles=300,
-            obs_interval=0.05,
-            burn_in=60,
-            x0=setup.initial_state(d),
-            spinup_time=20.0,
-            init_std=1.0,
-        )
+        ds = _l96_twin(d, "arctan", 0.05, filters, cycles=300, burn_in=60)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for name, s in ax.summarise(ds).items():
             first.setdefault(name, s["rmse_analysis"])
