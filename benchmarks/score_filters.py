@@ -159,7 +159,6 @@ def _scaling(dims):
 
 
 def _local(dims):
-
     import assimilax as ax
     from assimilax.filters import EnsembleScoreFilter, HybridScoreFilter
 
