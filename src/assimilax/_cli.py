@@ -163,7 +163,8 @@ def _twin_parser(sub) -> None:
         type=_bandwidth,
         default=None,
         help="hybrid score filter: kernel width in forecast spreads, in (0, 1] (1: Kalman; "
-        "default: adaptive, the smallest keeping the kernels' ESS at half the members)",
+        "default: adaptive, the smallest keeping the kernels' ESS at the model preset's "
+        "target, 0.9 N unless tuned)",
     )
     twin.add_argument(
         "--threshold",
