@@ -45,21 +45,13 @@ def test_twin_writes_file_and_table(tmp_path, capsys):
 
 
 def test_arctan_and_lorenz63(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "twin",
-                "--model",
-                "lorenz63",
-                "--cycles",
-                "30",
-                "--filters",
-                "etkf",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    out = tmp_path / "l63.nc"
+    argv = "twin --model lorenz63 --cycles 30 --filters etkf,hybrid --bandwidth 1 --no-progress"
+    assert main([*argv.split(), "--out", str(out)]) == 0
+    # --bandwidth reaches the hybrid (and only it): its description records it.
+    ds = ax.read_netcdf(out)
+    descriptions = dict(zip(ds["filter"].values, ds["filter_description"].values, strict=True))
+    assert descriptions["hybrid"].startswith("HybridScoreFilter(bandwidth=1.")
     assert (
         main(
             [
@@ -90,6 +82,8 @@ def test_errors_are_one_line(capsys):
         (["twin", "--model", "lorenz63", "--dim", "5"], "--dim"),
         (["twin", "--cycles", "10", "--burn-in", "10"], "--burn-in"),
         (["twin", "--observe", "every:0"], "--observe"),
+        (["twin", "--filters", "hybrid", "--bandwidth", "0"], "--bandwidth"),
+        (["twin", "--filters", "etkf", "--bandwidth", "0.5"], "--bandwidth"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -128,8 +128,9 @@ MODELS: dict[str, ModelSetup] = {
             "enkf": {"inflation": 1.08},
             # DAPPER `mods.Lorenz63.sakov2012`: N=100 reg 2.4 NER 0.3 gives 0.38.
             "pf": {"threshold": 0.3, "regularisation": 2.4},
-            # Measured at N=100, 600 cycles: ESS 0.5 N gives 0.53/0.48 (ETKF 0.58).
-            "hybrid": {"ess_target": 0.5},
+            # Measured at N=10, 1000 cycles: 0.616 (ETKF 0.671); an ESS target of 0.5 N
+            # loses track at N=10 but is best at N=100 (0.53/0.48, ETKF 0.58).
+            "hybrid": {"inflation": 1.05},
         },
         expected_rmse={"etkf": 0.60, "enkf": 0.65},
         source=(
