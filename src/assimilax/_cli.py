@@ -162,9 +162,8 @@ def _twin_parser(sub) -> None:
         "--bandwidth",
         type=_bandwidth,
         default=None,
-        help="hybrid score filter: kernel width in forecast spreads, in (0, 1] (1: Kalman; "
-        "default: adaptive, the smallest keeping the kernels' ESS at the model preset's "
-        "target, 0.9 N unless tuned)",
+        help="hybrid score filter: kernel width in forecast spreads, (0, 1] (1: Kalman; "
+        "default: adaptive, by the kernels' ESS)",
     )
     twin.add_argument(
         "--threshold",
