@@ -48,7 +48,7 @@ from jax import lax
 
 from .._custom_types import Array, Float
 from .._ensemble import flatten_members
-from ._enkf import mean_preserving_rotation, unflatten
+from ._enkf import innovation_terms, mean_preserving_rotation, unflatten
 from ._inflation import AbstractInflation, as_inflation
 from ._letkf import local_tapers
 from ._localisation import GaspariCohn
@@ -154,11 +154,15 @@ class HybridScoreFilter(AbstractEnsembleFilter):
         forecast = flatten_members(belief.members)
         n, d = forecast.shape
         dtype = forecast.dtype
-        mean = jnp.mean(forecast, axis=0)
+        terms = innovation_terms(belief, observation, y, mask)
+        mean = terms.mean
         root = jnp.sqrt(jnp.asarray(n - 1, dtype))
-        u = (forecast - mean[None]) / root
-        terms = (observation, belief.state_shape, y, mask, forecast, u)
-        delta, b = _kernel_terms(*terms, shared=self.linearise == "ensemble")
+        u = terms.anomalies / root
+        if self.linearise == "ensemble":  # the ensemble regression, shared by all kernels
+            b = terms.obs_anomalies / root
+            delta = terms.innovation[None] - terms.obs_anomalies  # L^{-1}(y - h(x_j))
+        else:
+            delta, b = _linearised(observation, belief.state_shape, y, mask, forecast, u)
         own = b if b.ndim == 2 else jnp.diagonal(b, axis1=0, axis2=1).T  # B_j's row j
         # Noise for members that move to another kernel: centred, with unit sample
         # covariance in ensemble space.
@@ -178,10 +182,8 @@ class HybridScoreFilter(AbstractEnsembleFilter):
                 h = _adaptive_bandwidth(delta_r, b_r, own_r, grid, target)
             else:
                 h = self.bandwidth.astype(dtype)
-            a = jnp.sqrt(1 - h**2)
-            shrunk = _shrunk(delta_r, own_r, h)
             args = (order, levels, z, self.fresh_noise, smooth)
-            return _mixture_weights(shrunk, b_r, h, a, *args)
+            return _mixture_weights(_shrunk(delta_r, own_r, h), b_r, h, *args)
 
         if self.localisation is None:
             # One analysis: kernels in member order, member i at level (i + u) / n
@@ -214,23 +216,17 @@ class HybridScoreFilter(AbstractEnsembleFilter):
         return unflatten(self.inflation(forecast, mean[None] + increments), belief)
 
 
-def _kernel_terms(observation, state_shape, y, mask, members, u, *, shared):
-    """Whitened innovations `delta` (n, m) of each member and the operator linearised
-    about it in ensemble directions, `B` (`(n, m)` shared by all members, if `shared`;
-    else `(n, n, m)`, row `j` the Jacobian at member `j`)."""
+def _linearised(observation, state_shape, y, mask, members, u):
+    """Whitened innovations `delta` (n, m) of each member and the operator's Jacobian at
+    each member in the ensemble directions, whitened, `B` (n, n, m)."""
     observe = lambda x: observation.apply(x.reshape(state_shape))
-    whiten = lambda v: observation.noise.whiten(v, mask)
-    if shared:  # the ensemble regression, as the EnKFs
-        obs_members = jax.vmap(observe)(members)
-        obs_mean = jnp.mean(obs_members, axis=0)
-        b = whiten(obs_members - obs_mean[None]) / jnp.sqrt(jnp.asarray(u.shape[0] - 1, u.dtype))
-        return whiten(y[None] - obs_members), b
 
     def linearise(member):
         predicted, tangent = jax.linearize(observe, member)
         return predicted, jax.vmap(tangent)(u)
 
     predicted, jacobians = jax.vmap(linearise)(members)
+    whiten = lambda v: observation.noise.whiten(v, mask)
     flat = whiten(jacobians.reshape(-1, jacobians.shape[-1]))  # whiten takes (k, m)
     return whiten(y[None] - predicted), flat.reshape(jacobians.shape)
 
@@ -242,10 +238,11 @@ def _kernel_posterior(delta, b, h):
     and 1 elsewhere; `proj` $= P_j^T B_j \delta_j$ `(n, k)`; and the log evidence
     $\log N(\delta_j; 0, I + h^2 B_j^T B_j)$ up to a constant (Woodbury and the
     determinant lemma). Cost $O(n m \min(n, m))$ per distinct $B_j$."""
-    basis, sv, right = jnp.linalg.svd(b if b.ndim == 3 else b[None], full_matrices=False)
-    proj = sv * jnp.einsum("jkm,jm->jk", right, delta) if b.ndim == 3 else None
-    if b.ndim == 2:
-        basis, sv, right = basis[0], sv[0][None], right[0]
+    basis, sv, right = jnp.linalg.svd(b, full_matrices=False)
+    if b.ndim == 3:
+        proj = sv * jnp.einsum("jkm,jm->jk", right, delta)
+    else:
+        sv = sv[None]
         proj = sv * (delta @ right.T)
     lam = 1 + h**2 * sv**2
     quad = jnp.sum(delta**2, axis=-1) - h**2 * jnp.sum(proj**2 / lam, axis=-1)
@@ -291,12 +288,13 @@ def _transport(weights, order, levels, smooth):
     return jnp.zeros((n, n), weights.dtype).at[:, order].set(n * overlap)
 
 
-def _mixture_weights(delta, b, h, a, order, levels, z, fresh, smooth):
+def _mixture_weights(delta, b, h, order, levels, z, fresh, smooth):
     """Ensemble weights `w` (n, n) of the analysis members: member `i` takes the kernels
     of row `i` of `_transport`, their posterior means and its noise through the kernels'
     square roots (`z[i]`, or, unless `fresh`, its own offset from its own kernel in
     proportion to the weight it keeps there)."""
     n = delta.shape[0]
+    a = jnp.sqrt(1 - h**2)  # the kernels' shrinkage
     basis, lam, proj, log_pi = _kernel_posterior(delta, b, h)
     coupling = _transport(jax.nn.softmax(log_pi), order, levels, smooth)
     eye = jnp.eye(n, dtype=delta.dtype)
