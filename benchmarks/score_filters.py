@@ -1,6 +1,7 @@
 """The score filters next to the EnKF family: Lorenz-96 accuracy, an SPDE table, scaling.
 
-    python benchmarks/score_filters.py [--twin] [--spde] [--local] [--scaling] [--dims 1000,...]
+    python benchmarks/score_filters.py [--twin] [--spde] [--local [--local-model ks]] [--scaling]
+                                       [--dims 1000,...]
 
 `--twin`: d=40, N=20, 500 cycles (burn-in 100), float64, one seed: linear observations
 (all, unit noise, every 0.05) and arctan observations (all, noise 0.05, every 0.05), for
@@ -13,7 +14,10 @@ spread, spectral error (`metrics.spectral_error`), s/cycle (SF: pre-training inc
 observed, noise 0.05, every 0.05), N=20, 300 cycles (burn-in 60), float64, seed 0, at
 d = 40, 200, 1000 (`--local-dims`): LETKF (preset), EnSF (defaults) and the local
 hybrid score filter (radius 4, adaptive bandwidth at ESS 0.9 N, 32 nearest observations):
-RMSE, its ratio to d = 40, s/cycle, peak resident memory.
+RMSE, its ratio to d = 40, s/cycle, peak resident memory. `--local-model ks`: the same on
+Kuramoto–Sivashinsky with the grid spacing of L = 32π at 128 points (L = dπ/4), every 4th
+point observed with noise 0.3 every 1.0, 200 cycles (burn-in 50): LETKF (radius 16,
+inflation 1.02), EnSF and hybrid (`ks` presets).
 `--scaling`: seconds per cycle of EnSF (N=20, K=100, arctan observations of every
 component) at each dimension, split into forecast and analysis (compiled, best of 3),
 float32, with the process's peak resident memory after each size.
@@ -28,26 +32,47 @@ import time
 import jax
 
 
-def _l96_twin(d, operator, std, filters, *, cycles, burn_in):
-    """A Lorenz-96 twin at dimension `d`, all observed every 0.05, N=20, seed 0."""
+def _run(dynamics, observation, filters, obs_interval, *, cycles, burn_in, **start):
+    """A twin experiment with N=20, seed 0."""
     import jax.random as jr
 
     import assimilax as ax
 
-    setup = ax.MODELS["lorenz96"]
     return ax.twin_experiment(
-        setup.make_dynamics(d),
-        ax.make_observation(d, std, "all", operator),
-        filters,
-        key=jr.key(0),
-        members=20,
-        cycles=cycles,
-        obs_interval=0.05,
-        burn_in=burn_in,
-        x0=setup.initial_state(d),
-        spinup_time=20.0,
+        dynamics, observation, filters, key=jr.key(0), members=20, cycles=cycles,
+        obs_interval=obs_interval, burn_in=burn_in, **start,
+    )  # fmt: skip
+
+
+def _l96_twin(d, operator, std, filters, *, cycles, burn_in):
+    """A Lorenz-96 twin at dimension `d`, all observed every 0.05, N=20, seed 0."""
+    import assimilax as ax
+
+    setup = ax.MODELS["lorenz96"]
+    obs = ax.make_observation(d, std, "all", operator)
+    start = dict(x0=setup.initial_state(d), spinup_time=20.0, init_std=1.0)
+    return _run(setup.make_dynamics(d), obs, filters, 0.05, cycles=cycles, burn_in=burn_in, **start)
+
+
+def _ks_twin(d, filters, *, cycles, burn_in):
+    """Kuramoto–Sivashinsky at `d` points with the grid spacing of L = 32π at 128 points
+    (L = dπ/4, so the dynamics per unit length stay the same as d grows), every 4th point
+    observed with noise 0.3 every 1.0, N=20, seed 0."""
+    import numpy as np
+
+    import assimilax as ax
+    from assimilax.dynamics import KuramotoSivashinsky
+
+    phase = 2 * np.pi * np.arange(d) / d
+    start = dict(
+        x0=np.cos(phase) * (1 + np.sin(phase)),
+        spinup_time=150.0,
         init_std=1.0,
+        init_length_scale=2.0,
     )
+    obs = ax.make_observation(d, 0.3, "every:4")
+    dyn = KuramotoSivashinsky(d, d * np.pi / 4)
+    return _run(dyn, obs, filters, 1.0, cycles=cycles, burn_in=burn_in, **start)
 
 
 def _twin():
@@ -158,25 +183,39 @@ def _scaling(dims):
         print(f"{d:>9} {t_f:>11.4f} {t_a:>11.3f} {t_f + t_a:>9.3f} {rss:>13.2f}", flush=True)
 
 
-def _local(dims):
+def _local(dims, model):
     import assimilax as ax
-    from assimilax.filters import EnsembleScoreFilter, HybridScoreFilter
+    from assimilax.filters import LETKF, EnsembleScoreFilter, HybridScoreFilter
 
-    filters = {
-        "letkf": ax.make_filter("letkf", "lorenz96"),
-        "ensf": EnsembleScoreFilter(),
-        "hybrid": HybridScoreFilter(radius=4.0, ess_target=0.9, max_local_observations=32),
-    }
-    print("\nLocal score update vs d: arctan Lorenz-96, N=20, 300 cycles, float64, seed 0")
+    if model == "ks":
+        # The radii of the KS table (`--spde`, and the hybrid's preset).
+        filters = {
+            "letkf": LETKF(inflation=1.02, radius=16.0),
+            "ensf": ax.make_filter("ensf", "ks"),
+            "hybrid": ax.make_filter("hybrid", "ks"),
+        }
+        cycles, burn_in = 200, 50
+        title = "KS (dx = π/4), every 4th point observed, noise 0.3, every 1.0"
+        twin = lambda d: _ks_twin(d, filters, cycles=cycles, burn_in=burn_in)
+    else:
+        filters = {
+            "letkf": ax.make_filter("letkf", "lorenz96"),
+            "ensf": EnsembleScoreFilter(),
+            "hybrid": HybridScoreFilter(radius=4.0, ess_target=0.9, max_local_observations=32),
+        }
+        cycles, burn_in = 300, 60
+        title = "arctan Lorenz-96"
+        twin = lambda d: _l96_twin(d, "arctan", 0.05, filters, cycles=cycles, burn_in=burn_in)
+    print(f"\nLocal score update vs d: {title}, N=20, {cycles} cycles, float64, seed 0")
     head = f"{'d':>6} {'filter':<8} {'rmse_a':>7} {'/d=40':>6} {'spread':>7} {'s/cycle':>8}"
     print(f"{head} {'peak MB':>8}")
     first = {}
     for d in dims:
-        ds = _l96_twin(d, "arctan", 0.05, filters, cycles=300, burn_in=60)
+        ds = twin(d)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for name, s in ax.summarise(ds).items():
             first.setdefault(name, s["rmse_analysis"])
-            sec = float(ds["wall_seconds"].sel(filter=name)) / 300
+            sec = float(ds["wall_seconds"].sel(filter=name)) / cycles
             flag = " DIVERGED" if s["diverged"] else ""
             print(
                 f"{d:>6} {name:<8} {s['rmse_analysis']:>7.3f} "
@@ -192,6 +231,7 @@ def main():
     parser.add_argument("--spde", action="store_true")
     parser.add_argument("--local", action="store_true")
     parser.add_argument("--local-dims", default="40,200,1000")
+    parser.add_argument("--local-model", default="lorenz96", choices=("lorenz96", "ks"))
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--dims", default="1000,10000,100000,1000000")
     args = parser.parse_args()
@@ -205,7 +245,7 @@ def main():
         _spde()
     if args.local:
         jax.config.update("jax_enable_x64", True)
-        _local([int(d) for d in args.local_dims.split(",")])
+        _local([int(d) for d in args.local_dims.split(",")], args.local_model)
     if args.scaling:
         jax.config.update("jax_enable_x64", False)
         _scaling([int(d) for d in args.dims.split(",")])

@@ -16,12 +16,17 @@ from assimilax.filters import (
     LETKF,
     RTPS,
     BootstrapFilter,
+    DEnKF,
+    EnKFN,
     EnsembleScoreFilter,
+    ExtendedKalmanFilter,
     HybridScoreFilter,
     KalmanFilter,
+    OptimalInterpolation,
     OptimalProposalFilter,
     ScoreFilter,
     StochasticEnKF,
+    Var3D,
 )
 from assimilax.observations import Arctan, LinearObservation, Subsample
 
@@ -82,6 +87,12 @@ CASES = [
         ["linear", "l96-arctan"],
     ),
     ("sf", _score_filter, ["l96-arctan"]),
+    ("enkf-n", EnKFN(rotate=True), ["linear", "l96-arctan"]),
+    ("denkf", DEnKF(inflation=1.01), ["linear", "l96-arctan"]),
+    ("extkf", ExtendedKalmanFilter(2.0), ["linear", "l96-arctan"]),
+    # Static backgrounds: not Kalman-exact, so not on the linear problem.
+    ("var3d", Var3D(4.0 * jnp.eye(8), 0.5), ["l96-arctan"]),
+    ("oi", OptimalInterpolation(jnp.full(8, 2.0), 12.0 * jnp.eye(8)), ["l96-arctan"]),
     ("sf-smc", _score_filter_smc, ["l96-arctan"]),
 ]
 # The heaviest pairs (SMC with its particles) run in the slow suite.

@@ -7,7 +7,7 @@ import jax.random as jr
 import numpy as np
 from jax import lax
 
-from ._belief import AbstractBelief
+from ._belief import AbstractBelief, GaussianBelief
 from ._checks import check_finite, check_shape, is_concrete
 from ._custom_types import Array, Float, Int, PRNGKeyArray, RealScalarLike
 from ._ensemble import as_ensemble
@@ -105,8 +105,9 @@ def run_cycles(
         ens_f, ens_a = as_ensemble(forecast), as_ensemble(analysis)
         if ens_a is not None:
             out["effective_size"] = ens_a.effective_size()
-        if ens_f is not None:
-            out["innovation_ratio"] = innovation_ratio(ens_f, observation, y, mask)
+        if ens_f is not None or isinstance(forecast, GaussianBelief):
+            ratio_of = forecast if ens_f is None else ens_f
+            out["innovation_ratio"] = innovation_ratio(ratio_of, observation, y, mask)
         if x_true is not None:
             out["rmse_forecast"] = rmse(mean_f, x_true, ndim)
             out["rmse_analysis"] = rmse(mean_a, x_true, ndim)

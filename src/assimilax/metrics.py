@@ -13,6 +13,7 @@ import numpy as np
 from scoringrules.core.crps import ensemble_w as _crps_ensemble_w
 from scoringrules.core.energy import es_w as _es_ensemble_w
 
+from ._belief import GaussianBelief
 from ._custom_types import Array, Float
 from ._ensemble import Ensemble, flatten_members
 
@@ -185,7 +186,7 @@ def cycle_scores(
 
 
 def innovation_ratio(
-    forecast: Ensemble, observation, y: Float[Array, " m"], mask: Array
+    forecast: Ensemble | GaussianBelief, observation, y: Float[Array, " m"], mask: Array
 ) -> Float[Array, ""]:
     r"""The forecast's normalised innovation statistic over the observed values:
 
@@ -194,11 +195,17 @@ def innovation_ratio(
     with the weighted mean and variance of the observed members $h(x^{(j)})$. About 1
     for a filter whose spread matches its error (in expectation); far above 1 when the
     filter has lost track (its ensemble is confident and wrong). Needs no truth, so it
-    also flags divergence when assimilating real sensor data (see `divergence`)."""
-    hx = jax.vmap(observation.apply)(forecast.members)
-    w = forecast.weights()
-    mean = w @ hx
-    var = w @ (hx - mean[None]) ** 2
+    also flags divergence when assimilating real sensor data (see `divergence`).
+    For a `GaussianBelief` $N(m, P)$: $h(m)$ and the diagonal of $H P H^T$, $H$ the
+    Jacobian of the observation at $m$."""
+    if isinstance(forecast, GaussianBelief):
+        mean, jac = observation.apply(forecast.loc), jax.jacfwd(observation.apply)(forecast.loc)
+        var = jnp.sum((jac @ forecast.covariance_matrix) * jac, axis=1)
+    else:
+        hx = jax.vmap(observation.apply)(forecast.members)
+        w = forecast.weights()
+        mean = w @ hx
+        var = w @ (hx - mean[None]) ** 2
     noise = observation.noise.diagonal()
     num = jnp.sum(jnp.where(mask, (y - mean) ** 2, 0))
     den = jnp.sum(jnp.where(mask, var + noise, 0))

@@ -18,6 +18,7 @@ from ._registry import (
 from ._sensors import make_sensors as make_sensors
 from ._simulate import (
     climatology_states as climatology_states,
+    climatology_statistics as climatology_statistics,
     domain_lengths as domain_lengths,
     perturbations as perturbations,
     simulate as simulate,

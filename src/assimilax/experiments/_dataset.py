@@ -47,6 +47,12 @@ def _sensor_variables(observation: AbstractObservation) -> dict:
     }
 
 
+def _stack(arrays, shape):
+    """One array per filter, NaN of `shape` for a diagnostic its belief does not have (a
+    Gaussian belief's ESS and ensemble scores)."""
+    return np.stack([np.full(shape, np.nan) if a is None else np.asarray(a) for a in arrays])
+
+
 def twin_dataset(
     truth,
     series,
@@ -66,8 +72,12 @@ def twin_dataset(
     results = [solutions[n] for n in names]
     state_shape = tuple(np.shape(truth)[1:])
     sdims = _schema.state_dims(state_shape)
-    stack = lambda attr: np.stack([np.asarray(getattr(s, attr)) for s in results])
-    score = lambda name: np.stack([np.asarray(s.scores[name]) for s in results])
+    k = len(series.times)
+    shapes = {"coverage": (k, len(COVERAGE_LEVELS)), "rank_counts": (k, rank_bins(members))}
+    stack = lambda attr: _stack([getattr(s, attr) for s in results], (k,))
+    score = lambda name: _stack(
+        [None if s.scores is None else s.scores[name] for s in results], shapes.get(name, (k,))
+    )
     failed = np.array([int(s.result != RESULTS.successful) for s in results], np.int8)
     ratio = stack("innovation_ratio")
     diverged = np.array([int(divergence(r, burn_in)) for r in ratio], np.int8)

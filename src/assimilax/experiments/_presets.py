@@ -99,6 +99,11 @@ MODELS: dict[str, ModelSetup] = {
             "ensf": {"likelihood_scale": 10.0, "t_min": 0.01},
             # SDA-style guidance measured best of damped/SDA/DPS (DPS diverged).
             "sf": {"guidance": "sda"},
+            # DAPPER `mods.Lorenz96.sakov2008`'s tunings (N=24/40 there).
+            "enkf-n": {"rotate": True},
+            "denkf": {"inflation": 1.01},
+            "extkf": {"inflation": 10.0},
+            "var3d": {"scale": 0.02},
         },
         expected_rmse={"etkf": 0.193, "letkf": 0.206},
         source=(
@@ -131,6 +136,10 @@ MODELS: dict[str, ModelSetup] = {
             # Measured at N=10, 1000 cycles: 0.616 (ETKF 0.671); an ESS target of 0.5 N
             # loses track at N=10 but is best at N=100 (0.53/0.48, ETKF 0.58).
             "hybrid": {"inflation": 1.05},
+            # DAPPER `mods.Lorenz63.sakov2012`'s tunings.
+            "enkf-n": {"rotate": True},
+            "extkf": {"inflation": 180.0},
+            "var3d": {"scale": 0.1},
         },
         expected_rmse={"etkf": 0.60, "enkf": 0.65},
         source=(

@@ -12,13 +12,19 @@ from ..filters import (
     LETKF,
     AbstractFilter,
     BootstrapFilter,
+    DEnKF,
+    EnKFN,
     EnsembleScoreFilter,
+    ExtendedKalmanFilter,
     HybridScoreFilter,
+    OptimalInterpolation,
     ScoreFilter,
     StochasticEnKF,
+    Var3D,
 )
 from ..observations import AbstractObservation, Arctan, Identity, Power, Subsample
 from ._presets import ModelSetup, get_model
+from ._simulate import climatology_statistics
 
 
 FILTERS: dict[str, Callable[..., AbstractFilter]] = {
@@ -29,7 +35,14 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "ensf": EnsembleScoreFilter,
     "hybrid": HybridScoreFilter,
     "sf": ScoreFilter,
+    "enkf-n": EnKFN,
+    "denkf": DEnKF,
+    "extkf": ExtendedKalmanFilter,
+    "var3d": Var3D,
+    "oi": OptimalInterpolation,
 }
+# Filters whose background is the model's climatology (`climatology_statistics`).
+CLIMATOLOGICAL = ("var3d", "oi")
 # The options each filter takes by name (from the CLI or `make_filter` overrides).
 OPTIONS: dict[str, tuple[str, ...]] = {
     "etkf": ("inflation", "rotate"),
@@ -65,21 +78,28 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "sampler",
         "particles",
     ),
+    "enkf-n": ("hyperprior_weight", "rotate", "inflation"),
+    "denkf": ("inflation",),
+    "extkf": ("inflation",),
+    "var3d": ("scale",),
+    "oi": (),
 }
 
 
 def make_filter(
     name: str, model: str | ModelSetup, *, dim: int | None = None, **overrides
 ) -> AbstractFilter:
-    """Build filter `name` ('etkf', 'letkf', 'enkf', 'pf', 'ensf', 'hybrid', 'sf') with the
-    defaults tuned for `model`.
+    """Build filter `name` (a key of `FILTERS`: 'etkf', 'letkf', 'enkf', 'pf', 'ensf',
+    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi') with the defaults tuned
+    for `model`.
 
     `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the
     defaults; a value of None keeps the default. An option the filter does not take
     (`radius` for the ETKF, `inflation` for the particle filter) is an error: it would
     otherwise be dropped silently. The trained score filter 'sf' is pre-trained here
     on the model's climatology at dimension `dim` (default: the model's), with a fixed
-    key: the same network every time.
+    key: the same network every time. 'var3d' and 'oi' take the model's climatological
+    mean and covariance (`climatology_statistics`, 2000 states, fixed key) at `dim`.
     """
     setup = get_model(model) if isinstance(model, str) else model
     if name not in FILTERS:
@@ -92,8 +112,11 @@ def make_filter(
             f"{', '.join(OPTIONS[name])}."
         )
     options = {**setup.filter_defaults.get(name, {}), **given}
+    dim = setup.default_dim if dim is None else dim
+    if name in CLIMATOLOGICAL:
+        mean, cov = climatology_statistics(setup, setup.make_dynamics(dim), key=jr.key(0))
+        return Var3D(cov, **options) if name == "var3d" else OptimalInterpolation(mean, cov)
     if name == "sf":
-        dim = setup.default_dim if dim is None else dim
         x0 = setup.initial_state(dim)
         if np.ndim(x0) != 1:
             raise ValueError(f"The score filter needs a flat state; {setup.name} is a field.")

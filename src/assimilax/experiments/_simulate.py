@@ -127,3 +127,13 @@ def climatology_states(
         jax.vmap(lambda x, k: dynamics.step(x, 0.0, setup.spinup_time + 1.0, key=k))
     )
     return run(starts, jr.split(rkey, n))
+
+
+def climatology_statistics(
+    setup: ModelSetup, dynamics: AbstractDynamics, n: int = 2000, *, key: PRNGKeyArray
+) -> tuple[jax.Array, jax.Array]:
+    """The climatological mean `(d,)` and covariance `(d, d)` of a flat-state model,
+    from `n` independent `climatology_states`: the background of `OptimalInterpolation`
+    and `Var3D`."""
+    x = climatology_states(setup, dynamics, n, key=key).reshape(n, -1)
+    return jnp.mean(x, axis=0), jnp.cov(x, rowvar=False)

@@ -1,6 +1,12 @@
 """Filters: every one has `init`, `forecast` and `update` on the shared interfaces."""
 
-from ._enkf import ETKF as ETKF, StochasticEnKF as StochasticEnKF
+from ._enkf import ETKF as ETKF, DEnKF as DEnKF, StochasticEnKF as StochasticEnKF
+from ._enkf_n import EnKFN as EnKFN
+from ._extended import (
+    ExtendedKalmanFilter as ExtendedKalmanFilter,
+    OptimalInterpolation as OptimalInterpolation,
+    Var3D as Var3D,
+)
 from ._hybrid import HybridScoreFilter as HybridScoreFilter
 from ._inflation import (
     RTPP as RTPP,

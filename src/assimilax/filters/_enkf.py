@@ -1,4 +1,4 @@
-"""Global ensemble Kalman filters: the stochastic EnKF and the ETKF."""
+"""Global ensemble Kalman filters: the stochastic EnKF, the ETKF and the DEnKF."""
 
 from typing import NamedTuple
 
@@ -161,4 +161,42 @@ class StochasticEnKF(AbstractEnsembleFilter):
         gain = jsl.cho_solve((chol, True), s @ innovations.T)
         forecast = flatten_members(belief.members)
         analysis = forecast + gain.T @ terms.anomalies
+        return unflatten(self.inflation(forecast, analysis), belief)
+
+
+class DEnKF(AbstractEnsembleFilter):
+    r"""The deterministic EnKF (Sakov & Oke 2008).
+
+    The mean takes the Kalman update, $\bar x^a = \bar x + K(y - \overline{h(x)})$, and
+    the anomalies half of it, $A^a = (I - \tfrac12 K H) A$: the first-order (in $KH$)
+    approximation of a square-root update, without its matrix square root. In ensemble
+    space, with $C = S S^T + (n-1) I$: $A^a = (I - \tfrac12 S S^T C^{-1}) A$. The mean is
+    Kalman-exact on linear-Gaussian problems; the anomalies slightly over-dispersed,
+    which acts as an implicit inflation (DAPPER's `EnKF('DEnKF')`: L96 N=40 with
+    inflation 1.01, 0.18).
+
+    **Arguments:**
+
+    - `inflation`: as for `ETKF`.
+
+    Reference: Sakov & Oke (2008), "A deterministic formulation of the ensemble Kalman
+    filter: an alternative to ensemble square root filters", Tellus A 60.
+    """
+
+    inflation: AbstractInflation
+
+    def __init__(self, inflation=None):
+        self.inflation = as_inflation(inflation)
+
+    def update(self, belief, observation, y, mask=None, *, key):
+        del key
+        terms = innovation_terms(belief, observation, y, mask)
+        s, n = terms.obs_anomalies, belief.size
+        eye = jnp.eye(n, dtype=s.dtype)
+        chol = jnp.linalg.cholesky(s @ s.T + (n - 1) * eye)
+        w = jsl.cho_solve((chol, True), s @ terms.innovation)
+        # (S S^T C^{-1})^T = C^{-1} S S^T; the transform is applied to the rows of A.
+        half_gain = jsl.cho_solve((chol, True), s @ s.T).T
+        forecast = flatten_members(belief.members)
+        analysis = terms.mean[None] + (w[None] + eye - 0.5 * half_gain) @ terms.anomalies
         return unflatten(self.inflation(forecast, analysis), belief)

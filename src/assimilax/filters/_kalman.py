@@ -71,8 +71,21 @@ def masked_linear_terms(observation, y, states, mask):
             f"{type(observation).__name__}."
         )
     h = observation.matrix().astype(states.dtype)
-    r = observation.noise.masked_dense(mask).astype(states.dtype)
-    residual = y[None] - states @ h.T
+    return _masked_terms(observation, h, y[None] - states @ h.T, mask)
+
+
+def linearised_terms(observation, y, state, mask):
+    """`H` (the Jacobian of the observation at the flat `state`, by forward-mode
+    autodiff; the matrix of a linear one), `R` and the residual `y - h(state)` as
+    `(1, m)`, masked as `masked_linear_terms`."""
+    if isinstance(observation, AbstractLinearObservation):
+        return masked_linear_terms(observation, y, state[None], mask)
+    h = jax.jacfwd(observation.apply)(state)
+    return _masked_terms(observation, h, (y - observation.apply(state))[None], mask)
+
+
+def _masked_terms(observation, h, residual, mask):
+    r = observation.noise.masked_dense(mask).astype(h.dtype)
     if mask is not None:
         h = jnp.where(mask[:, None], h, 0)
         residual = jnp.where(mask[None], residual, 0)
