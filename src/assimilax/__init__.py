@@ -39,6 +39,8 @@ _LAZY = {
     "make_observation": ".experiments",
     "simulate": ".experiments",
     "summarise": ".experiments",
+    "sweep": ".experiments",
+    "best_setting": ".experiments",
     "twin_experiment": ".experiments",
     "rmse": ".metrics",
     "time_average": ".metrics",
@@ -106,10 +108,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from .experiments import (
         MODELS as MODELS,
+        best_setting as best_setting,
         make_filter as make_filter,
         make_observation as make_observation,
         simulate as simulate,
         summarise as summarise,
+        sweep as sweep,
         twin_experiment as twin_experiment,
     )
     from .metrics import rmse as rmse, time_average as time_average

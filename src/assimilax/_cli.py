@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"assimilax {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _twin_parser(sub)
+    _sweep_parser(sub)
     _report_parser(sub)
     _make_sensors_parser(sub)
     _assimilate_parser(sub)
@@ -107,45 +108,7 @@ def _twin_parser(sub) -> None:
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
     )
-    twin.add_argument(
-        "--cycles", type=_positive_int, default=None, help="observation cycles (default: 2000)"
-    )
-    twin.add_argument(
-        "--burn-in",
-        type=_nonnegative_int,
-        default=None,
-        help="cycles left out of time averages (default: 10%% of --cycles)",
-    )
-    twin.add_argument(
-        "--obs-interval",
-        type=_positive_float,
-        default=None,
-        help="model time between observations (default: the model's)",
-    )
-    twin.add_argument(
-        "--obs-std",
-        type=_positive_float,
-        default=None,
-        help="observation error std (default: the model's)",
-    )
-    twin.add_argument(
-        "--observe",
-        default=None,
-        help="all | every:K | random:M (default: the model's; every:4 for heat2d, burgers, ns2d)",
-    )
-    twin.add_argument(
-        "--observation",
-        default=None,
-        choices=["linear", "arctan", "square", "cubic"],
-        help="operator applied to the observed components (default: linear, or the regime's)",
-    )
-    twin.add_argument(
-        "--regime",
-        default=None,
-        help="a named non-Gaussian regime (l63-sakov2012, l63-x-only, l96-sparse, l63-cubic, "
-        "l96-square, l96-arctan-shocks): its model, observations and ensemble size; flags "
-        "override",
-    )
+    _experiment_arguments(twin)
     twin.add_argument(
         "--inflation",
         type=_positive_float,
@@ -294,6 +257,100 @@ def _assimilate_parser(sub) -> None:
     assim.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     _run_arguments(assim)
     assim.set_defaults(run=_run_assimilate)
+
+
+def _sweep_parser(sub) -> None:
+    sweep = sub.add_parser(
+        "sweep",
+        help="sweep a filter's settings x seeds in one compiled run (twin experiments)",
+        formatter_class=_Formatter,
+        description=(
+            "Run the twin experiment of every point of a grid of one filter's settings "
+            "and every seed, vmapped in one compiled run per ensemble size; print the best "
+            "setting (lowest RMSE over seeds, none lost) and write the grid to --out "
+            "(`assimilax report` draws its heat map)."
+        ),
+    )
+    _model_arguments(sweep)
+    sweep.add_argument("--filter", required=True, help="the filter to tune, e.g. letkf")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        type=_grid_axis,
+        help="NAME=V1,V2,... or NAME=START:STOP:COUNT (evenly spaced); repeat per setting, "
+        "e.g. --grid inflation=1:1.1:10 --grid radius=1:10:10",
+    )
+    sweep.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0, 1, ...")
+    sweep.add_argument(
+        "--members", default=None, help="ensemble size(s), comma-separated (default: the model's)"
+    )
+    _experiment_arguments(sweep)
+    sweep.add_argument(
+        "--precision", default="float64", choices=["float32", "float64"], help="floating point"
+    )
+    sweep.add_argument("--out", default=None, help="write the grid to this netCDF file")
+    sweep.set_defaults(run=_run_sweep)
+
+
+def _grid_axis(text: str) -> tuple[str, list[float]]:
+    name, _, values = text.partition("=")
+    try:
+        if values.count(":") == 2:
+            start, stop, count = values.split(":")
+            if int(count) < 1:
+                raise ValueError
+            import numpy as np
+
+            return name.strip(), np.linspace(float(start), float(stop), int(count)).tolist()
+        return name.strip(), [float(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=V1,V2,... or NAME=START:STOP:COUNT; got {text!r}"
+        ) from None
+
+
+def _experiment_arguments(parser) -> None:
+    """The twin-experiment setting flags shared by `twin` and `sweep`."""
+    parser.add_argument(
+        "--cycles", type=_positive_int, default=None, help="observation cycles (default: 2000)"
+    )
+    parser.add_argument(
+        "--burn-in",
+        type=_nonnegative_int,
+        default=None,
+        help="cycles left out of time averages (default: 10%% of --cycles)",
+    )
+    parser.add_argument(
+        "--obs-interval",
+        type=_positive_float,
+        default=None,
+        help="model time between observations (default: the model's)",
+    )
+    parser.add_argument(
+        "--obs-std",
+        type=_positive_float,
+        default=None,
+        help="observation error std (default: the model's)",
+    )
+    parser.add_argument(
+        "--observe",
+        default=None,
+        help="all | every:K | random:M (default: the model's; every:4 for heat2d, burgers, ns2d)",
+    )
+    parser.add_argument(
+        "--observation",
+        default=None,
+        choices=["linear", "arctan", "square", "cubic"],
+        help="operator applied to the observed components (default: linear, or the regime's)",
+    )
+    parser.add_argument(
+        "--regime",
+        default=None,
+        help="a named non-Gaussian regime (l63-sakov2012, l63-x-only, l96-sparse, l63-cubic, "
+        "l96-square, l96-arctan-shocks): its model, observations and ensemble size; flags "
+        "override",
+    )
 
 
 def _model_arguments(parser) -> None:
@@ -617,28 +674,16 @@ def _run_twin(args) -> int:
         raise ValueError(f"--filters: a filter is named twice in {args.filters!r}.")
     jax = _start_jax(args)
     from ._io import write_netcdf
-    from .experiments import (
-        FILTERS,
-        make_filter,
-        make_observation,
-        status,
-        summarise,
-        twin_experiment,
-    )
+    from .experiments import FILTERS, make_filter, status, summarise, twin_experiment
 
     unknown = [n for n in names if n not in FILTERS]
     if unknown:
         raise ValueError(
             f"--filters: Unknown filter {unknown[0]!r}; choose from {', '.join(FILTERS)}."
         )
-    regime = _apply_regime(args)
-    setup, dim, dynamics = _setup(args)
-    if regime is not None:
-        dynamics = regime.make_dynamics()
+    regime, setup, dim, dynamics, observation, burn_in = _experiment(args)
     members = _members(args, setup)
-    burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
-    if burn_in >= args.cycles:
-        raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")
+    obs_std, obs_interval, observe = args.obs_std, args.obs_interval, args.observe
     n_values = math.prod(dynamics.state_shape)
     _check_memory(
         8.0 * (args.cycles * n_values * (2 + 4 * len(names)) + 30 * members * (n_values + members)),
@@ -646,12 +691,6 @@ def _run_twin(args) -> int:
     )
     options = _filter_options(args, names)
     filters = {n: make_filter(n, setup, dim=dim, **options[n]) for n in names}
-    obs_std = setup.obs_std if args.obs_std is None else args.obs_std
-    obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
-    observe = setup.observe if args.observe is None else args.observe
-    observation = make_observation(
-        dynamics.state_shape, obs_std, observe, args.observation, seed=args.seed
-    )
     settings = {
         "model": setup.name,
         "regime": "none" if regime is None else regime.name,
@@ -697,6 +736,86 @@ def _run_twin(args) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _experiment(args):
+    """The regime (or None), model setup, dimension, dynamics, observation operator and
+    burn-in of a twin experiment or sweep; fills `args.obs_std`, `args.obs_interval`
+    and `args.observe` with the model's defaults where not given."""
+    from .experiments import make_observation
+
+    regime = _apply_regime(args)
+    setup, dim, dynamics = _setup(args)
+    if regime is not None:
+        dynamics = regime.make_dynamics()
+    burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
+    if burn_in >= args.cycles:
+        raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")
+    args.obs_std = setup.obs_std if args.obs_std is None else args.obs_std
+    args.obs_interval = setup.obs_interval if args.obs_interval is None else args.obs_interval
+    args.observe = setup.observe if args.observe is None else args.observe
+    observation = make_observation(
+        dynamics.state_shape, args.obs_std, args.observe, args.observation,
+        seed=getattr(args, "seed", 0),
+    )  # fmt: skip
+    return regime, setup, dim, dynamics, observation, burn_in
+
+
+def _run_sweep(args) -> int:
+    from ._io import check_output_paths
+
+    check_output_paths([("--out", args.out)], [])
+    _start_jax(args)
+    from ._io import write_netcdf
+    from .experiments import FILTERS, OPTIONS, best_setting, make_filter, sweep
+
+    name = args.filter.strip().lower()
+    if name not in FILTERS:
+        raise ValueError(f"--filter: Unknown filter {name!r}; choose from {', '.join(FILTERS)}.")
+    grid = dict(args.grid)
+    if len(grid) != len(args.grid):
+        raise ValueError("--grid: a setting is named twice.")
+    for option in grid:
+        if option not in OPTIONS[name]:
+            raise ValueError(
+                f"--grid: {name} has no setting {option!r}; it takes {', '.join(OPTIONS[name])}."
+            )
+    regime, setup, dim, dynamics, observation, burn_in = _experiment(args)
+    if args.members is None:
+        sizes = [setup.members]
+    else:
+        sizes = [_positive_int(m) for m in args.members.split(",")]
+    print(
+        f"Sweep: {name} on {setup.name} d={dim}, members {sizes}, {args.seeds} seed(s), "
+        f"{args.cycles} cycles (burn-in {burn_in}), grid "
+        + " x ".join(f"{k}[{len(v)}]" for k, v in grid.items()),
+        file=sys.stderr,
+    )
+    ds = sweep(
+        lambda **point: make_filter(name, setup, dim=dim, **point),
+        grid,
+        dynamics,
+        observation,
+        seeds=range(args.seeds),
+        members=sizes,
+        cycles=args.cycles,
+        obs_interval=args.obs_interval,
+        burn_in=burn_in,
+        **setup.start(dim),
+        truth_dynamics=None if regime is None else regime.make_truth_dynamics(),
+    )
+    cells = math.prod(len(v) for v in grid.values()) * args.seeds * args.cycles
+    for n, best in best_setting(ds).items():
+        seconds = float(ds["wall_seconds"].sel(members=n))
+        found = (
+            "every setting failed or diverged"
+            if best is None
+            else ", ".join(f"{k}={v:.4g}" for k, v in best.items())
+        )
+        print(f"members {n}: {found}  ({cells / seconds:.0f} cycles/s over the grid)")
+    if args.out:
+        print(f"wrote {write_netcdf(ds, args.out)}", file=sys.stderr)
     return 0
 
 

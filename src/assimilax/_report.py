@@ -229,6 +229,64 @@ def summary_table(ds) -> str:
     return "\n".join(lines)
 
 
+def _plot_sweep(ds, path):
+    """RMSE (mean over seeds) over the first two grid settings, one panel per ensemble
+    size, other settings at their best; the best cell marked (as `best_setting`)."""
+    import matplotlib.pyplot as plt
+
+    from .experiments import best_setting
+
+    grid = [d for d in ds["rmse"].dims if d not in ("members", "seed")]
+    ok = (ds["failed"].max("seed") == 0) & (ds["diverged"].max("seed") == 0)
+    score = ds["rmse"].mean("seed").where(ok)
+    if len(grid) > 2:
+        score = score.min(grid[2:])
+    sizes = ds["members"].values.tolist()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), layout="constrained")
+    for ax, n, best in zip(np.atleast_1d(axes), sizes, best_setting(ds).values(), strict=True):
+        cell = score.sel(members=n)
+        x = cell[grid[0]].values
+        if len(grid) == 1:
+            ax.plot(x, cell.values, "o-")
+            ax.set_ylabel("analysis RMSE")
+            if best is not None:
+                ax.plot(best[grid[0]], best["rmse"], "r*", ms=14)
+        else:
+            y = cell[grid[1]].values
+            mesh = ax.pcolormesh(
+                np.arange(y.size), np.arange(x.size), cell.values, shading="nearest"
+            )
+            ax.set_xticks(np.arange(y.size), [f"{v:.3g}" for v in y], rotation=90)
+            ax.set_yticks(np.arange(x.size), [f"{v:.3g}" for v in x])
+            ax.set_xlabel(grid[1])
+            fig.colorbar(mesh, ax=ax, label="analysis RMSE (blank: failed/diverged)")
+            if best is not None:
+                i, j = np.argmin(np.abs(x - best[grid[0]])), np.argmin(np.abs(y - best[grid[1]]))
+                ax.plot(j, i, "r*", ms=14)
+        ax.set_title(f"N={n}" + ("" if best is None else f": best RMSE {best['rmse']:.3g}"))
+        ax.set_ylabel(grid[0]) if len(grid) > 1 else ax.set_xlabel(grid[0])
+    return _save(fig, path)
+
+
+def _sweep_report(ds, out: Path) -> list[Path]:
+    from .experiments import best_setting
+
+    written = [_plot_sweep(ds, out / "sweep.png")]
+    lines = [f"# assimilax sweep\n\n{ds.attrs.get('filter_description', '')}\n"]
+    lines.append(f"Best setting per ensemble size ({ds.sizes['seed']} seeds, burn-in "
+                 f"{int(ds.attrs['burn_in'])} of {int(ds.attrs['cycles'])} cycles):\n")  # fmt: skip
+    for n, best in best_setting(ds).items():
+        found = (
+            "every setting failed or diverged"
+            if best is None
+            else ", ".join(f"{k} = {v:.4g}" for k, v in best.items())
+        )
+        lines.append(f"- N={n}: {found}")
+    text = "\n".join(lines) + "\n\n- `sweep.png`\n"
+    written.append(atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text)))
+    return written
+
+
 def report(source, out: str | os.PathLike) -> list[Path]:
     """Write the plots and the summary table of a twin experiment into folder `out`.
 
@@ -241,6 +299,8 @@ def report(source, out: str | os.PathLike) -> list[Path]:
     - `summary.md`: the settings and the time-averaged scores as a Markdown table.
 
     `source` is a dataset from `twin_experiment` or the path of one written to netCDF.
+    A `sweep` dataset gets `sweep.png` (the RMSE heat map over the first two settings,
+    the best cell starred) and `summary.md` (the best setting per ensemble size).
     Returns the paths written.
     """
     import matplotlib
@@ -251,11 +311,15 @@ def report(source, out: str | os.PathLike) -> list[Path]:
         ds, name = source, "the dataset"
     else:
         ds, name = read_netcdf(source), repr(str(source))
-    _check_dataset(ds, name)
+    is_sweep = ds.attrs.get("title") == "assimilax sweep"
+    if not is_sweep:
+        _check_dataset(ds, name)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"`out` {str(out)!r} exists and is not a folder.")
     out.mkdir(parents=True, exist_ok=True)
+    if is_sweep:
+        return _sweep_report(ds, out)
     written = [
         _plot_errors(ds, out / "rmse_spread.png"),
         _plot_ranks(ds, out / "rank_histograms.png"),

@@ -23,4 +23,9 @@ from ._simulate import (
     perturbations as perturbations,
     simulate as simulate,
 )
+from ._sweep import (
+    best_setting as best_setting,
+    stack_filters as stack_filters,
+    sweep as sweep,
+)
 from ._twin import twin_experiment as twin_experiment

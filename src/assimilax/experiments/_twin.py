@@ -69,30 +69,11 @@ def twin_experiment(
     e.g. `dynamics.Shocked(...)`: a model error the filters do not know.
     """
     _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std)
-    state_shape = tuple(dynamics.state_shape)
-    dtype = jnp.result_type(float)
-    x0 = jnp.asarray(x0, dtype)
-    if x0.shape != state_shape:
-        raise ValueError(f"`x0` must have shape {state_shape}; got {x0.shape}.")
-    if truth_dynamics is not None and tuple(truth_dynamics.state_shape) != state_shape:
-        raise ValueError("`truth_dynamics` must have the state shape of `dynamics`.")
-
-    # Truth and observations ---------------------------------------------------------
-    start_key, spin_key, truth_key, obs_key, ens_key, run_key = jr.split(key, 6)
-    # The truth starts from a random draw around `x0` (DAPPER's X0), so seeds differ
-    # even for deterministic dynamics.
-    x0 = x0 + perturbations(dynamics, init_std, init_length_scale, 1, key=start_key)[0]
-    if spinup_time > 0:
-        x0 = dynamics.step(x0, 0.0, spinup_time, key=spin_key)
-    times = obs_interval * jnp.arange(1, cycles + 1, dtype=dtype)
-    # As `simulate(dynamics, observation, x0, times)`, with the keys of earlier versions.
-    truth = truth_run(dynamics if truth_dynamics is None else truth_dynamics, x0, times, truth_key)
-    y = synthetic_observations(observation, truth, obs_key)
-    series = ObservationSeries(observation, times, y)
-    ensemble = Ensemble(
-        x0[None] + perturbations(dynamics, init_std, init_length_scale, members, key=ens_key)
-    )
-
+    truth, series, ensemble, run_key = twin_inputs(
+        dynamics, observation, key=key, members=members, cycles=cycles,
+        obs_interval=obs_interval, x0=x0, spinup_time=spinup_time, init_std=init_std,
+        init_length_scale=init_length_scale, truth_dynamics=truth_dynamics,
+    )  # fmt: skip
     solutions, seconds = _run_filters(filters, dynamics, series, ensemble, truth, run_key, progress)
     settings = {
         "cycles": cycles,
@@ -115,6 +96,36 @@ def twin_experiment(
         burn_in=burn_in,
         attrs=settings,
     )
+
+
+def twin_inputs(
+    dynamics, observation, *, key, members, cycles, obs_interval, x0, spinup_time, init_std,
+    init_length_scale, truth_dynamics,
+):  # fmt: skip
+    """Steps 1-3 of `twin_experiment`: the truth `(K, *state)`, the `ObservationSeries`,
+    the initial `Ensemble` and the key of the filters' runs."""
+    state_shape = tuple(dynamics.state_shape)
+    dtype = jnp.result_type(float)
+    x0 = jnp.asarray(x0, dtype)
+    if x0.shape != state_shape:
+        raise ValueError(f"`x0` must have shape {state_shape}; got {x0.shape}.")
+    if truth_dynamics is not None and tuple(truth_dynamics.state_shape) != state_shape:
+        raise ValueError("`truth_dynamics` must have the state shape of `dynamics`.")
+    start_key, spin_key, truth_key, obs_key, ens_key, run_key = jr.split(key, 6)
+    # The truth starts from a random draw around `x0` (DAPPER's X0), so seeds differ
+    # even for deterministic dynamics.
+    x0 = x0 + perturbations(dynamics, init_std, init_length_scale, 1, key=start_key)[0]
+    if spinup_time > 0:
+        x0 = dynamics.step(x0, 0.0, spinup_time, key=spin_key)
+    times = obs_interval * jnp.arange(1, cycles + 1, dtype=dtype)
+    # As `simulate(dynamics, observation, x0, times)`, with the keys of earlier versions.
+    truth = truth_run(dynamics if truth_dynamics is None else truth_dynamics, x0, times, truth_key)
+    y = synthetic_observations(observation, truth, obs_key)
+    series = ObservationSeries(observation, times, y)
+    ensemble = Ensemble(
+        x0[None] + perturbations(dynamics, init_std, init_length_scale, members, key=ens_key)
+    )
+    return truth, series, ensemble, run_key
 
 
 def _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std) -> None:
