@@ -13,7 +13,7 @@ FLOORS = [
     {"experiments"},
     {"_driver"},
     {"_sinks"},
-    {"_assimilate"},
+    {"_assimilate", "_tune"},
     {"filters", "_streams", "metrics", "diffusion"},
     {"observations", "_ensemble", "_belief", "_covariance"},
     {"dynamics", "_schema"},

@@ -42,6 +42,8 @@ _LAZY = {
     "sweep": ".experiments",
     "best_setting": ".experiments",
     "twin_experiment": ".experiments",
+    "tune": "._tune",
+    "TuneResult": "._tune",
     "rmse": ".metrics",
     "time_average": ".metrics",
 }
@@ -106,6 +108,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         SensorData as SensorData,
         read_observations as read_observations,
     )
+    from ._tune import TuneResult as TuneResult, tune as tune
     from .experiments import (
         MODELS as MODELS,
         best_setting as best_setting,

@@ -244,6 +244,16 @@ def _assimilate_parser(sub) -> None:
     assim.add_argument(
         "--radius", type=_positive_float, default=None, help="LETKF radius (default: tuned)"
     )
+    assim.add_argument(
+        "--tune",
+        default=None,
+        help="settings to tune first from the observations alone (no truth), e.g. "
+        "inflation,radius: gradient steps on the forecasts' innovation likelihood over the "
+        "first --tune-cycles records (assimilax.tune); starts from --inflation/--radius",
+    )
+    assim.add_argument(
+        "--tune-cycles", type=_positive_int, default=500, help="records used by --tune"
+    )
     assim.add_argument("--out", required=True, help="netCDF file for the analyses")
     assim.add_argument(
         "--checkpoint-every",
@@ -536,6 +546,8 @@ def _run_assimilate(args) -> int:
     init_key, filter_key, run_key = jr.split(jr.key(args.seed), 3)
     ensemble = Ensemble(climatology_states(setup, dynamics, members, key=init_key))
     t0 = series.times[0] - setup.obs_interval
+    if args.tune:
+        flt = _tune_filter(args, setup, dim, dynamics, series, ensemble, filter_key, t0)
     attrs = _analysis_attrs(args, setup, dim, describe(flt), members, float(t0))
     resume = args.resume
     if resume and not Path(checkpoint).exists():
@@ -576,6 +588,32 @@ def _run_assimilate(args) -> int:
         print(f"{args.out} is complete: every record was assimilated already", file=sys.stderr)
         return 0
     return _assimilate_outcome(sol, time.perf_counter() - start, args.out)
+
+
+def _tune_filter(args, setup, dim, dynamics, series, ensemble, key, t0):
+    """`--tune`: the filter with the named settings tuned on the first records."""
+    from ._tune import tune
+    from .experiments import OPTIONS, make_filter
+
+    name = args.filter.strip().lower()
+    names = [n.strip() for n in args.tune.split(",") if n.strip()]
+    given = {"inflation": args.inflation, "radius": args.radius}
+    defaults = setup.filter_defaults.get(name, {})
+    initial = {}
+    for n in names:
+        if n not in ("inflation", "radius") or n not in OPTIONS.get(name, ()):
+            raise ValueError(f"--tune: {name} has no tunable setting {n!r} (inflation, radius).")
+        start = given[n] if given[n] is not None else defaults.get(n)
+        if start is None:
+            raise ValueError(f"--tune {n}: give a starting value with --{n}.")
+        initial[n] = float(start)
+    fixed = {k: v for k, v in given.items() if k not in initial}
+    part = series[: min(args.tune_cycles, len(series))]
+    build = lambda **p: make_filter(name, setup, dim=dim, **fixed, **p)
+    result = tune(build, initial, dynamics, part, ensemble, key=key, t0=t0, burn_in=len(part) // 10)
+    found = ", ".join(f"{k}={v:.4g}" for k, v in result.params.items())
+    print(f"tuned on {len(part)} records ({result.seconds:.1f} s): {found}", file=sys.stderr)
+    return result.filter
 
 
 def _analysis_attrs(args, setup, dim, description, members, t0) -> dict:

@@ -1,6 +1,12 @@
 """Filters: every one has `init`, `forecast` and `update` on the shared interfaces."""
 
-from ._enkf import ETKF as ETKF, DEnKF as DEnKF, StochasticEnKF as StochasticEnKF
+from ._enkf import (
+    ETKF as ETKF,
+    DEnKF as DEnKF,
+    InnovationTerms as InnovationTerms,
+    StochasticEnKF as StochasticEnKF,
+    innovation_terms as innovation_terms,
+)
 from ._enkf_n import EnKFN as EnKFN
 from ._extended import (
     ExtendedKalmanFilter as ExtendedKalmanFilter,

@@ -68,10 +68,50 @@ def transform(
     """
     n = obs_anomalies.shape[0]
     c = obs_anomalies @ obs_anomalies.T + (n - 1) * jnp.eye(n, dtype=obs_anomalies.dtype)
-    eigvals, eigvecs = jnp.linalg.eigh(c)
-    w = eigvecs @ ((eigvecs.T @ (obs_anomalies @ innovation)) / eigvals)
-    t = (eigvecs * jnp.sqrt((n - 1) / eigvals)[None]) @ eigvecs.T
+    inverse, inverse_root = inverse_and_root(c)
+    w = inverse @ (obs_anomalies @ innovation)
+    t = jnp.sqrt(jnp.asarray(n - 1, c.dtype)) * inverse_root
     return w, t
+
+
+@jax.custom_jvp
+def inverse_and_root(c: Float[Array, "n n"]) -> tuple[Array, Array]:
+    r"""$C^{-1}$ and $C^{-1/2}$ of a symmetric positive-definite `c`, from one `eigh`.
+
+    Differentiable where `eigh` is not: the ETKF's $C = S S^T + (n-1) I$ has the
+    eigenvalue $n-1$ repeated whenever there are fewer (local) observations than
+    members, where `eigh`'s derivative divides by zero. The derivative here is that of
+    the matrix functions themselves (Daleckii–Krein: divided differences of $f$ between
+    eigenvalues, $f'$ where they coincide), finite for repeated eigenvalues.
+    """
+    eigvals, eigvecs = jnp.linalg.eigh(c)
+    return _spectral(eigvecs, 1 / eigvals), _spectral(eigvecs, eigvals**-0.5)
+
+
+def _spectral(eigvecs, values):
+    return (eigvecs * values[None]) @ eigvecs.T
+
+
+@inverse_and_root.defjvp
+def _inverse_and_root_jvp(primals, tangents):
+    (c,), (dc,) = primals, tangents
+    lam, v = jnp.linalg.eigh(c)
+    rotated = v.T @ (0.5 * (dc + dc.T)) @ v
+    gap = lam[:, None] - lam[None, :]
+    close = jnp.abs(gap) <= 1e-10 * jnp.max(jnp.abs(lam))
+    safe = jnp.where(close, 1.0, gap)
+    out, tangent_out = [], []
+    for f, df in (
+        (lambda x: 1 / x, lambda x: -(x**-2)),
+        (lambda x: x**-0.5, lambda x: -0.5 * x**-1.5),
+    ):
+        fl = f(lam)
+        divided = jnp.where(
+            close, df(0.5 * (lam[:, None] + lam[None, :])), (fl[:, None] - fl[None, :]) / safe
+        )
+        out.append(_spectral(v, fl))
+        tangent_out.append(v @ (divided * rotated) @ v.T)
+    return tuple(out), tuple(tangent_out)
 
 
 def mean_preserving_rotation(n: int, *, key, dtype) -> Float[Array, "n n"]:

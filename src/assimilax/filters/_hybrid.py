@@ -50,7 +50,7 @@ from .._custom_types import Array, Float
 from .._ensemble import flatten_members
 from ._enkf import innovation_terms, mean_preserving_rotation, unflatten
 from ._inflation import AbstractInflation, as_inflation
-from ._letkf import local_tapers
+from ._letkf import local_tapers, taper_root
 from ._localisation import GaspariCohn
 from .base import AbstractEnsembleFilter
 
@@ -209,7 +209,7 @@ class HybridScoreFilter(AbstractEnsembleFilter):
                 taper, nearest = taper_at(point), None
                 if k is not None:
                     taper, nearest = lax.top_k(taper, k)
-                return analysis(jnp.sqrt(taper), order, levels, True, nearest) @ column
+                return analysis(taper_root(taper), order, levels, True, nearest) @ column
 
             batch = min(self.batch_size, d)
             increments = lax.map(local, (points, u.T), batch_size=batch).T

@@ -83,7 +83,7 @@ class LETKF(AbstractEnsembleFilter):
                 taper, nearest = lax.top_k(taper, k)
                 s = terms.obs_anomalies[:, nearest]
                 innovation = terms.innovation[nearest]
-            root = jnp.sqrt(taper)
+            root = taper_root(taper)
             w, t = transform(s * root[None], innovation * root)
             return (w[None] + t) @ anomalies
 
@@ -91,6 +91,13 @@ class LETKF(AbstractEnsembleFilter):
         analysis = terms.mean[None] + increments
         forecast = flatten_members(belief.members)
         return unflatten(self.inflation(forecast, analysis), belief)
+
+
+def taper_root(taper: Array) -> Array:
+    """`sqrt(taper)`, with a zero derivative (not NaN) where the taper is zero, so
+    localisation radii can be tuned by gradient (`assimilax.tune`)."""
+    positive = taper > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, taper, 1)), 0)
 
 
 def local_tapers(
