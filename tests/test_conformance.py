@@ -21,6 +21,7 @@ from assimilax.filters import (
     EnsembleScoreFilter,
     ExtendedKalmanFilter,
     HybridScoreFilter,
+    IEnKS,
     KalmanFilter,
     OptimalInterpolation,
     OptimalProposalFilter,
@@ -90,6 +91,7 @@ CASES = [
     ("enkf-n", EnKFN(rotate=True), ["linear", "l96-arctan"]),
     ("denkf", DEnKF(inflation=1.01), ["linear", "l96-arctan"]),
     ("extkf", ExtendedKalmanFilter(2.0), ["linear", "l96-arctan"]),
+    ("ienks", IEnKS(3, inflation=1.02), ["linear", "l96-arctan"]),
     # Static backgrounds: not Kalman-exact, so not on the linear problem.
     ("var3d", Var3D(4.0 * jnp.eye(8), 0.5), ["l96-arctan"]),
     ("oi", OptimalInterpolation(jnp.full(8, 2.0), 12.0 * jnp.eye(8)), ["l96-arctan"]),

@@ -104,6 +104,7 @@ MODELS: dict[str, ModelSetup] = {
             "denkf": {"inflation": 1.01},
             "extkf": {"inflation": 10.0},
             "var3d": {"scale": 0.02},
+            "ienks": {"inflation": 1.02},
         },
         expected_rmse={"etkf": 0.193, "letkf": 0.206},
         source=(
@@ -140,6 +141,7 @@ MODELS: dict[str, ModelSetup] = {
             "enkf-n": {"rotate": True},
             "extkf": {"inflation": 180.0},
             "var3d": {"scale": 0.1},
+            "ienks": {"inflation": 1.02, "rotate": True},
         },
         expected_rmse={"etkf": 0.60, "enkf": 0.65},
         source=(

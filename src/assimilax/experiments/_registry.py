@@ -17,6 +17,7 @@ from ..filters import (
     EnsembleScoreFilter,
     ExtendedKalmanFilter,
     HybridScoreFilter,
+    IEnKS,
     OptimalInterpolation,
     ScoreFilter,
     StochasticEnKF,
@@ -40,6 +41,7 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "extkf": ExtendedKalmanFilter,
     "var3d": Var3D,
     "oi": OptimalInterpolation,
+    "ienks": IEnKS,
 }
 # Filters whose background is the model's climatology (`climatology_statistics`).
 CLIMATOLOGICAL = ("var3d", "oi")
@@ -83,6 +85,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "extkf": ("inflation",),
     "var3d": ("scale",),
     "oi": (),
+    "ienks": ("iterations", "mda", "inflation", "rotate"),
 }
 
 
@@ -90,7 +93,7 @@ def make_filter(
     name: str, model: str | ModelSetup, *, dim: int | None = None, **overrides
 ) -> AbstractFilter:
     """Build filter `name` (a key of `FILTERS`: 'etkf', 'letkf', 'enkf', 'pf', 'ensf',
-    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi') with the defaults tuned
+    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks') with the defaults tuned
     for `model`.
 
     `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the

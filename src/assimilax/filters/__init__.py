@@ -14,6 +14,7 @@ from ._extended import (
     Var3D as Var3D,
 )
 from ._hybrid import HybridScoreFilter as HybridScoreFilter
+from ._ienks import IEnKS as IEnKS, WindowEnsemble as WindowEnsemble
 from ._inflation import (
     RTPP as RTPP,
     RTPS as RTPS,
