@@ -47,6 +47,7 @@ from assimilax.filters import (  # noqa: E402
     ExtendedKalmanFilter,
     IEnKS,
     OptimalInterpolation,
+    SerialEnSRF,
     StochasticEnKF,
     Var3D,
 )
@@ -100,6 +101,9 @@ CASES = [
      lambda: da.EnKF("PertObs", N=40, infl=1.06), lambda xx: StochasticEnKF(1.06), 40, 5000),
     ("lorenz96", "DEnKF N=40, infl 1.01", lambda: da.EnKF("DEnKF", N=40, infl=1.01),
      lambda xx: DEnKF(1.01), 40, 5000),
+    ("lorenz96", "Serial EnSRF N=28, infl 1.02, rotation",
+     lambda: da.EnKF("Serial", N=28, infl=1.02, rot=True),
+     lambda xx: SerialEnSRF(1.02, rotate=True), 28, 5000),
     ("lorenz96", "EnKF-N N=24, rotation", lambda: da.EnKF_N(N=24, rot=True),
      lambda xx: EnKFN(rotate=True), 24, 5000),
     ("lorenz96", "EnKF-N N=24, rotation, xN 2", lambda: da.EnKF_N(N=24, rot=True, xN=2.0),

@@ -15,6 +15,7 @@ from assimilax.filters import (
     EnKFN,
     EnsembleScoreFilter,
     ScoreFilter,
+    SerialEnSRF,
     StochasticEnKF,
 )
 from assimilax.observations import Arctan, Identity, LinearObservation, Subsample
@@ -43,6 +44,7 @@ all_ensemble_filters = [
     LETKF(radius=2.0, max_local_observations=3),
     EnKFN(rotate=True),
     DEnKF(inflation=1.02),
+    SerialEnSRF(inflation=1.02, radius=2.0, rotate=True),
     BootstrapFilter(threshold=1.0, regularisation=1.0),
     BootstrapFilter("residual", threshold=0.5, jitter_duplicates_only=False),
     EnsembleScoreFilter(steps=10),

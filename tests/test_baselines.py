@@ -19,6 +19,7 @@ from assimilax.filters import (
     IEnKS,
     KalmanFilter,
     OptimalInterpolation,
+    SerialEnSRF,
     Var3D,
 )
 from assimilax.observations import Arctan, Identity, LinearObservation, Power, Subsample
@@ -207,3 +208,31 @@ def test_ienks_is_the_etkf_on_linear_models(flt, getkey):
     b = etkf.update(etkf.forecast(ens, dyn, 0.0, 0.4, key=key), obs, y, key=key)
     assert np.allclose(a.mean(), b.mean(), atol=1e-10)
     assert np.allclose(a.covariance(), b.covariance(), atol=1e-10)
+
+
+def test_serial_ensrf_is_kalman_exact_without_localisation(getkey):
+    """Uncorrelated linear observations one at a time = the batch update: the Kalman
+    update of the ensemble's moments (mean and covariance), as the ETKF."""
+    _, _, m0, p0 = _random_problem(getkey())
+    ens = _exact_ensemble(getkey(), m0, p0, n=12)
+    obs = LinearObservation(jr.normal(getkey(), (3, 4)), noise_std=jnp.array([0.5, 1.0, 0.7]))
+    y = jr.normal(getkey(), (3,))
+    out = SerialEnSRF().update(ens, obs, y, key=getkey())
+    ref = KalmanFilter().update(GaussianBelief(m0, p0), obs, y, key=None)
+    assert np.allclose(out.mean(), ref.loc, atol=1e-10)
+    assert np.allclose(out.covariance(), ref.covariance_matrix, atol=1e-10)
+
+
+def test_serial_ensrf_localisation_cuts_distant_influence(getkey):
+    """With a radius, a single observation moves only the state within the taper's
+    support (2 x 1.82 x radius grid points), and the closer, the more."""
+    d = 40
+    ens = Ensemble(jr.normal(getkey(), (20, d)))
+    obs = Subsample(d, jnp.array([10]), noise_std=0.5)
+    out = SerialEnSRF(radius=2.0, periodic=False).update(ens, obs, jnp.array([3.0]), key=getkey())
+    moved = jnp.abs(out.members - ens.members).max(axis=0)
+    far = jnp.abs(jnp.arange(d, dtype=float) - 10) >= 2 * 1.82 * 2.0
+    assert jnp.all(moved[far] < 1e-12) and jnp.all(moved[~far] > 1e-6)
+    with pytest.raises(TypeError, match="uncorrelated"):
+        dense = Subsample(d, jnp.array([3, 9]), noise_covariance=jnp.eye(2) + 0.1)
+        SerialEnSRF(radius=2.0).update(ens, dense, jnp.zeros(2), key=getkey())

@@ -26,6 +26,7 @@ from assimilax.filters import (
     OptimalInterpolation,
     OptimalProposalFilter,
     ScoreFilter,
+    SerialEnSRF,
     StochasticEnKF,
     Var3D,
 )
@@ -92,6 +93,8 @@ CASES = [
     ("denkf", DEnKF(inflation=1.01), ["linear", "l96-arctan"]),
     ("extkf", ExtendedKalmanFilter(2.0), ["linear", "l96-arctan"]),
     ("ienks", IEnKS(3, inflation=1.02), ["linear", "l96-arctan"]),
+    ("serial", SerialEnSRF(), ["linear"]),
+    ("serial-local", SerialEnSRF(1.02, radius=2.0), ["l96-arctan"]),
     # Static backgrounds: not Kalman-exact, so not on the linear problem.
     ("var3d", Var3D(4.0 * jnp.eye(8), 0.5), ["l96-arctan"]),
     ("oi", OptimalInterpolation(jnp.full(8, 2.0), 12.0 * jnp.eye(8)), ["l96-arctan"]),

@@ -103,7 +103,8 @@ def _twin_parser(sub) -> None:
     twin.add_argument(
         "--filters",
         default="etkf,letkf,enkf",
-        help="comma-separated: etkf,letkf,enkf,pf,ensf,hybrid,sf,enkf-n,denkf,extkf,var3d,oi,ienks",
+        help="comma-separated: etkf,letkf,enkf,pf,ensf,hybrid,sf,enkf-n,denkf,extkf,var3d,oi,"
+        "ienks,serial",
     )
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"

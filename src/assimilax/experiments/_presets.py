@@ -105,6 +105,7 @@ MODELS: dict[str, ModelSetup] = {
             "extkf": {"inflation": 10.0},
             "var3d": {"scale": 0.02},
             "ienks": {"inflation": 1.02},
+            "serial": {"inflation": 1.02, "radius": 4.0},
         },
         expected_rmse={"etkf": 0.193, "letkf": 0.206},
         source=(
@@ -142,6 +143,7 @@ MODELS: dict[str, ModelSetup] = {
             "extkf": {"inflation": 180.0},
             "var3d": {"scale": 0.1},
             "ienks": {"inflation": 1.02, "rotate": True},
+            "serial": {"inflation": 1.02, "rotate": True},
         },
         expected_rmse={"etkf": 0.60, "enkf": 0.65},
         source=(

@@ -20,6 +20,7 @@ from ..filters import (
     IEnKS,
     OptimalInterpolation,
     ScoreFilter,
+    SerialEnSRF,
     StochasticEnKF,
     Var3D,
 )
@@ -42,6 +43,7 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "var3d": Var3D,
     "oi": OptimalInterpolation,
     "ienks": IEnKS,
+    "serial": SerialEnSRF,
 }
 # Filters whose background is the model's climatology (`climatology_statistics`).
 CLIMATOLOGICAL = ("var3d", "oi")
@@ -86,6 +88,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "var3d": ("scale",),
     "oi": (),
     "ienks": ("iterations", "mda", "inflation", "rotate"),
+    "serial": ("inflation", "radius", "rotate"),
 }
 
 
@@ -93,8 +96,8 @@ def make_filter(
     name: str, model: str | ModelSetup, *, dim: int | None = None, **overrides
 ) -> AbstractFilter:
     """Build filter `name` (a key of `FILTERS`: 'etkf', 'letkf', 'enkf', 'pf', 'ensf',
-    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks') with the defaults tuned
-    for `model`.
+    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks', 'serial') with
+    the defaults tuned for `model`.
 
     `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the
     defaults; a value of None keeps the default. An option the filter does not take

@@ -43,6 +43,7 @@ from ._score import (
     ScoreFilter as ScoreFilter,
     mixture_score as mixture_score,
 )
+from ._serial import SerialEnSRF as SerialEnSRF
 from .base import (
     AbstractEnsembleFilter as AbstractEnsembleFilter,
     AbstractFilter as AbstractFilter,
