@@ -15,6 +15,7 @@ from assimilax.filters import (
     ETKF,
     DEnKF,
     EnKFN,
+    EnKS,
     ExtendedKalmanFilter,
     IEnKS,
     KalmanFilter,
@@ -236,3 +237,54 @@ def test_serial_ensrf_localisation_cuts_distant_influence(getkey):
     with pytest.raises(TypeError, match="uncorrelated"):
         dense = Subsample(d, jnp.array([3, 9]), noise_covariance=jnp.eye(2) + 0.1)
         SerialEnSRF(radius=2.0).update(ens, dense, jnp.zeros(2), key=getkey())
+
+
+def test_enks_is_the_fixed_lag_kalman_smoother(getkey):
+    """Linear deterministic model, n > d: the EnKS(ETKF) estimate of time k is the mean
+    and variance of x_k given y_1..y_min(k+lag, K), from the joint Gaussian."""
+    dyn, obs, m0, p0 = _random_problem(getkey())
+    dyn = LinearDynamics(dyn.drift)
+    times, lag, d, m = jnp.array([0.2, 0.5, 0.7, 1.1, 1.3]), 2, 4, 3
+    k = times.shape[0]
+    ys = jr.normal(getkey(), (k, m))
+    series = ax.ObservationSeries(obs, times, ys)
+    ens = _exact_ensemble(getkey(), m0, p0, n=12)
+    flt = EnKS(ETKF(), lag)
+    sol = ax.assimilate(flt, dyn, series, flt.init(ens, key=getkey()), key=getkey())
+    # Joint Gaussian of (x_1..x_K) and (y_1..y_K) from the exact transitions.
+    mats, t_prev, prev = [], 0.0, np.eye(d)
+    for t in times:
+        prev = np.asarray(dyn.transition(t_prev, t)[0]) @ prev  # x_k = M_k x_0
+        mats.append(prev)
+        t_prev = t
+    x_mean = np.concatenate([a @ m0 for a in mats])
+    x_cov = np.block([[a @ p0 @ b.T for b in mats] for a in mats])
+    g = np.kron(np.eye(k), np.asarray(obs.matrix()))
+    r = np.kron(np.eye(k), np.asarray(obs.noise.dense()))
+    for i in range(k):
+        seen = slice(0, m * min(i + 1 + lag, k))
+        gs = g[seen]
+        gain = x_cov @ gs.T @ np.linalg.inv(gs @ x_cov @ gs.T + r[seen, seen])
+        mean = x_mean + gain @ (np.asarray(ys).ravel()[seen] - gs @ x_mean)
+        var = np.diag(x_cov - gain @ gs @ x_cov)
+        block = slice(i * d, (i + 1) * d)
+        assert np.allclose(sol.smoothed_mean[i], mean[block], atol=1e-9), i
+        assert np.allclose(sol.smoothed_std[i], np.sqrt(var[block]), atol=1e-9), i
+    with pytest.raises(TypeError, match="global filter"):
+        EnKS(ax.filters.LETKF(radius=2.0))
+    with pytest.raises(ValueError, match="lag"):
+        EnKS(ETKF(), 0)
+
+
+def test_enks_in_twin_datasets():
+    setup = ax.MODELS["lorenz96"]
+    flt = {"etkf": ETKF(1.02), "enks": EnKS(ETKF(1.02), 3)}
+    ds = ax.twin_experiment(
+        setup.make_dynamics(12), ax.make_observation(12, 1.0), flt, key=jr.key(0), members=10,
+        cycles=200, obs_interval=0.05, burn_in=20, **setup.start(12),
+    )  # fmt: skip
+    rows = ax.summarise(ds)
+    assert np.isnan(rows["etkf"]["rmse_smoothed"])
+    assert np.isclose(rows["enks"]["rmse_analysis"], rows["etkf"]["rmse_analysis"], rtol=1e-10)
+    assert rows["enks"]["rmse_smoothed"] < 0.9 * rows["enks"]["rmse_analysis"]
+    assert ds["smoothed_mean"].dims == ("filter", "time", "x")

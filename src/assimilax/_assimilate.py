@@ -10,11 +10,11 @@ from jax import lax
 from ._belief import AbstractBelief, GaussianBelief
 from ._checks import check_finite, check_shape, is_concrete
 from ._custom_types import Array, Float, Int, PRNGKeyArray, RealScalarLike
-from ._ensemble import as_ensemble
+from ._ensemble import Ensemble, as_ensemble
 from ._results import RESULTS
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
-from .filters import AbstractFilter
+from .filters import AbstractFilter, LaggedEnsemble
 from .metrics import cycle_scores, innovation_ratio, rmse
 from .observations import Identity, Interpolate, Subsample
 
@@ -40,7 +40,10 @@ class Solution(eqx.Module):
       `energy_score`, `coverage` (K, L), `rank_counts` (K, bins)), None unless a
       `truth` was given with `scores=True` and the belief is an ensemble;
     - `ensembles`: the analysis members `(K, n, *state)`, None unless
-      `save_ensembles=True`.
+      `save_ensembles=True`;
+    - `smoothed_mean`, `smoothed_std`: a smoother's (`filters.EnKS`) estimate of each
+      time given the observations up to `lag` times later (the last `lag` times: up to
+      the end), None for filters.
     """
 
     times: Float[Array, " K"]
@@ -56,6 +59,8 @@ class Solution(eqx.Module):
     rmse_analysis: Float[Array, " K"] | None
     scores: dict[str, Array] | None
     ensembles: Float[Array, "K n *state"] | None
+    smoothed_mean: Float[Array, " K *state"] | None
+    smoothed_std: Float[Array, " K *state"] | None
     belief: AbstractBelief
     result: RESULTS
 
@@ -115,6 +120,10 @@ def run_cycles(
                 out["scores"] = cycle_scores(ens_a, x_true)
         if save_ensembles:
             out["ensembles"] = ens_a.members
+        if isinstance(analysis, LaggedEnsemble):  # the estimate of `lag` times ago
+            smoothed = analysis.smoothed()
+            out["smoothed_mean"] = smoothed.mean()
+            out["smoothed_std"] = jnp.sqrt(smoothed.variance())
         return (analysis, t, result), out
 
     k = observations.times.shape[0]
@@ -243,8 +252,26 @@ def make_solution(out: dict, belief, result, throw: bool) -> Solution:
         rmse_analysis=out.get("rmse_analysis"),
         scores=out.get("scores"),
         ensembles=out.get("ensembles"),
+        **_smoothed(out, belief),
         belief=belief,
         result=result,
+    )
+
+
+def _smoothed(out: dict, belief) -> dict:
+    """A smoother's per-cycle estimates of `lag` times ago, moved to the times they
+    belong to; the last `lag` times from the final belief (None for filters)."""
+    if "smoothed_mean" not in out or not isinstance(belief, LaggedEnsemble):
+        return dict(smoothed_mean=None, smoothed_std=None)
+    lag = min(belief.lag, out["smoothed_mean"].shape[0])
+    # The final belief: times K-lag..K-1 are lagged[lag-2], ..., lagged[0], current.
+    tail = [Ensemble(m, belief.log_weights) for m in belief.lagged[: lag - 1][::-1]]
+    tail.append(belief.ensemble)
+    means = jnp.stack([e.mean() for e in tail])
+    stds = jnp.stack([jnp.sqrt(e.variance()) for e in tail])
+    return dict(
+        smoothed_mean=jnp.concatenate([out["smoothed_mean"][belief.lag :], means]),
+        smoothed_std=jnp.concatenate([out["smoothed_std"][belief.lag :], stds]),
     )
 
 

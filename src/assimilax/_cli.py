@@ -104,7 +104,7 @@ def _twin_parser(sub) -> None:
         "--filters",
         default="etkf,letkf,enkf",
         help="comma-separated: etkf,letkf,enkf,pf,ensf,hybrid,sf,enkf-n,denkf,extkf,var3d,oi,"
-        "ienks,serial",
+        "ienks,serial,enks",
     )
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"

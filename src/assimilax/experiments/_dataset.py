@@ -103,6 +103,17 @@ def twin_dataset(
         "filter_description": (("filter",), np.array([descriptions[n] for n in names])),
         "wall_seconds": (("filter",), np.asarray(seconds, np.float64)),
     }
+    if any(s.smoothed_mean is not None for s in results):  # smoothers (filters.EnKS)
+        shape = (k, *state_shape)
+        smoothed = _stack([s.smoothed_mean for s in results], shape)
+        data["smoothed_mean"] = (("filter", "time", *sdims), smoothed)
+        data["smoothed_std"] = (
+            ("filter", "time", *sdims), _stack([s.smoothed_std for s in results], shape),
+        )  # fmt: skip
+        error = smoothed - np.asarray(truth)[None]
+        data["rmse_smoothed"] = (
+            ("filter", "time"), np.sqrt(np.mean(error.reshape(len(results), k, -1) ** 2, -1)),
+        )  # fmt: skip
     ds = xr.Dataset(
         data,
         coords={
@@ -172,6 +183,8 @@ def summarise(ds) -> dict[str, dict[str, float]]:
         out[name] = {col: row[col] for col in SUMMARY_COLUMNS}
         out[name]["failed"] = bool(sel["failed"].values)
         out[name]["diverged"] = bool(sel["diverged"].values) if "diverged" in sel else False
+        if "rmse_smoothed" in sel:  # smoothers only; NaN for the filters beside them
+            out[name]["rmse_smoothed"] = float(time_average(sel["rmse_smoothed"].values, burn_in))
     return out
 
 

@@ -106,6 +106,7 @@ MODELS: dict[str, ModelSetup] = {
             "var3d": {"scale": 0.02},
             "ienks": {"inflation": 1.02},
             "serial": {"inflation": 1.02, "radius": 4.0},
+            "enks": {"inflation": 1.02, "lag": 4},
         },
         expected_rmse={"etkf": 0.193, "letkf": 0.206},
         source=(
@@ -144,6 +145,7 @@ MODELS: dict[str, ModelSetup] = {
             "var3d": {"scale": 0.1},
             "ienks": {"inflation": 1.02, "rotate": True},
             "serial": {"inflation": 1.02, "rotate": True},
+            "enks": {"inflation": 1.02, "rotate": True, "lag": 2},
         },
         expected_rmse={"etkf": 0.60, "enkf": 0.65},
         source=(

@@ -14,6 +14,7 @@ from ..filters import (
     BootstrapFilter,
     DEnKF,
     EnKFN,
+    EnKS,
     EnsembleScoreFilter,
     ExtendedKalmanFilter,
     HybridScoreFilter,
@@ -27,6 +28,11 @@ from ..filters import (
 from ..observations import AbstractObservation, Arctan, Identity, Power, Subsample
 from ._presets import ModelSetup, get_model
 from ._simulate import climatology_statistics
+
+
+def _enks(lag: int = 4, **etkf_options) -> EnKS:
+    """The fixed-lag EnKS with the ETKF (`etkf_options`: inflation, rotate)."""
+    return EnKS(ETKF(**etkf_options), lag)
 
 
 FILTERS: dict[str, Callable[..., AbstractFilter]] = {
@@ -44,6 +50,7 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "oi": OptimalInterpolation,
     "ienks": IEnKS,
     "serial": SerialEnSRF,
+    "enks": _enks,
 }
 # Filters whose background is the model's climatology (`climatology_statistics`).
 CLIMATOLOGICAL = ("var3d", "oi")
@@ -89,6 +96,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "oi": (),
     "ienks": ("iterations", "mda", "inflation", "rotate"),
     "serial": ("inflation", "radius", "rotate"),
+    "enks": ("lag", "inflation", "rotate"),
 }
 
 
@@ -96,7 +104,7 @@ def make_filter(
     name: str, model: str | ModelSetup, *, dim: int | None = None, **overrides
 ) -> AbstractFilter:
     """Build filter `name` (a key of `FILTERS`: 'etkf', 'letkf', 'enkf', 'pf', 'ensf',
-    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks', 'serial') with
+    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks', 'serial', 'enks') with
     the defaults tuned for `model`.
 
     `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the

@@ -44,6 +44,7 @@ from ._score import (
     mixture_score as mixture_score,
 )
 from ._serial import SerialEnSRF as SerialEnSRF
+from ._smoother import EnKS as EnKS, LaggedEnsemble as LaggedEnsemble
 from .base import (
     AbstractEnsembleFilter as AbstractEnsembleFilter,
     AbstractFilter as AbstractFilter,

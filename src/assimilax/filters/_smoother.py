@@ -1,0 +1,108 @@
+r"""The fixed-lag ensemble Kalman smoother (EnKS; Evensen & van Leeuwen 2000): any global
+ensemble Kalman filter applied to the state augmented with its last `lag` analyses.
+
+Each analysis updates the current members and, through the ensemble's cross-covariances
+in time, the members of the previous `lag` observation times (the same ensemble-space
+update, since the members are the same trajectories). After `lag` more observations the
+estimate of a time is final: `assimilate` returns it as `Solution.smoothed_mean` /
+`smoothed_std`, beside the filter's analyses (the last `lag` times smoothed by the
+observations there are).
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._covariance import AbstractCovariance
+from .._custom_types import Array, Float
+from .._ensemble import AbstractEnsembleBelief, Ensemble
+from ..observations import AbstractObservation
+from .base import AbstractEnsembleFilter, AbstractFilter, check_ensemble
+
+
+class LaggedEnsemble(AbstractEnsembleBelief):
+    """The EnKS belief: the current members (`ensemble`) and the members at the previous
+    `lag` observation times, newest first (`lagged`, `(lag, n, *state)`), each smoothed
+    by every observation since."""
+
+    ensemble: Ensemble
+    lagged: Float[Array, "lag n *state"]
+
+    @property
+    def lag(self) -> int:
+        return self.lagged.shape[0]
+
+    def smoothed(self) -> Ensemble:
+        """The members `lag` observation times ago: final, smoothed by `lag` more."""
+        return Ensemble(self.lagged[-1], self.ensemble.log_weights)
+
+
+class _FirstBlock(AbstractObservation):
+    """An observation of the first block of an augmented state `(blocks, *state)`."""
+
+    observation: AbstractObservation
+
+    @property
+    def noise(self) -> AbstractCovariance:
+        return self.observation.noise
+
+    def apply(self, x):
+        return self.observation.apply(x[0])
+
+    def locations(self):
+        return None
+
+
+class EnKS(AbstractFilter[LaggedEnsemble]):
+    r"""The fixed-lag ensemble Kalman smoother: `filter`'s analysis applied to the state
+    augmented with the last `lag` analyses (see the module).
+
+    **Arguments:**
+
+    - `filter`: a global ensemble Kalman filter (`ETKF`, `StochasticEnKF`, `DEnKF`,
+      `EnKFN`, `SerialEnSRF` without a radius): its update works on any state shape.
+      Localised filters need locations the augmented state does not have.
+    - `lag`: how many observation times back the smoothing reaches (>= 1).
+
+    The filter's inflation and rotation act on the whole augmented ensemble. Memory and
+    analysis cost grow as `lag + 1` states. The analyses (`analysis_mean`) are the
+    filter's own; the smoothed estimates are `Solution.smoothed_mean` and
+    `smoothed_std`.
+    """
+
+    filter: AbstractEnsembleFilter
+    lag: int = eqx.field(static=True)
+
+    def __init__(self, filter: AbstractEnsembleFilter, lag: int = 4):
+        if not isinstance(filter, AbstractEnsembleFilter):
+            raise TypeError(
+                f"`filter` must be an ensemble filter (AbstractEnsembleFilter); got "
+                f"{type(filter).__name__}."
+            )
+        if getattr(filter, "localisation", None) is not None:
+            raise TypeError(
+                f"EnKS needs a global filter; {type(filter).__name__} with a localisation "
+                "radius is not (use ETKF, StochasticEnKF, DEnKF, EnKFN or SerialEnSRF)."
+            )
+        if int(lag) != lag or lag < 1:
+            raise ValueError(f"`lag` must be a positive integer; got {lag!r}.")
+        self.filter = filter
+        self.lag = int(lag)
+
+    def init(self, ensemble: Ensemble, *, key) -> LaggedEnsemble:
+        ensemble = self.filter.init(check_ensemble(ensemble), key=key)
+        lagged = jnp.broadcast_to(ensemble.members, (self.lag, *ensemble.members.shape))
+        return LaggedEnsemble(ensemble, lagged)
+
+    def forecast(self, belief, dynamics, t0, t1, *, key):
+        moved = self.filter.forecast(belief.ensemble, dynamics, t0, t1, key=key)
+        lagged = jnp.concatenate([belief.ensemble.members[None], belief.lagged[:-1]])
+        return LaggedEnsemble(moved, lagged)
+
+    def update(self, belief, observation, y, mask=None, *, key):
+        current = belief.ensemble
+        # Augmented members (n, lag + 1, *state): the current block first.
+        blocks = jnp.concatenate([current.members[None], belief.lagged])
+        augmented = Ensemble(jnp.moveaxis(blocks, 0, 1), current.log_weights)
+        out = self.filter.update(augmented, _FirstBlock(observation), y, mask, key=key)
+        blocks = jnp.moveaxis(out.members, 1, 0)
+        return LaggedEnsemble(Ensemble(blocks[0], out.log_weights), blocks[1:])
