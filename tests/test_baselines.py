@@ -13,6 +13,7 @@ from assimilax import Ensemble, GaussianBelief
 from assimilax.dynamics import LinearDynamics, Lorenz63
 from assimilax.filters import (
     ETKF,
+    AdaptiveInflation,
     DEnKF,
     EnKFN,
     EnKS,
@@ -288,3 +289,22 @@ def test_enks_in_twin_datasets():
     assert np.isclose(rows["enks"]["rmse_analysis"], rows["etkf"]["rmse_analysis"], rtol=1e-10)
     assert rows["enks"]["rmse_smoothed"] < 0.9 * rows["enks"]["rmse_analysis"]
     assert ds["smoothed_mean"].dims == ("filter", "time", "x")
+
+
+def test_adaptive_inflation_is_the_enkf_n_around_any_filter(getkey):
+    """`AdaptiveInflation(ETKF())` is the EnKF-N member for member; around a serial
+    EnSRF it is that filter on the inflated forecast."""
+    _, obs, m0, p0 = _random_problem(getkey())
+    ens = _exact_ensemble(getkey(), m0, 2.0 * p0, n=8)
+    y = 3.0 + jr.normal(getkey(), (3,))
+    key = getkey()
+    a = AdaptiveInflation(ETKF(), 2.0).update(ens, obs, y, key=key)
+    b = EnKFN(2.0).update(ens, obs, y, key=key)
+    assert np.allclose(a.members, b.members, atol=1e-12)
+    terms = ax.filters.innovation_terms(ens, obs, y, None)
+    lam = EnKFN(2.0).estimated_inflation(terms.obs_anomalies, terms.innovation)
+    inflated = Ensemble(terms.mean[None] + lam * terms.anomalies)
+    c = AdaptiveInflation(SerialEnSRF(), 2.0).update(ens, obs, y, key=key)
+    assert np.allclose(c.members, SerialEnSRF().update(inflated, obs, y, key=key).members)
+    with pytest.raises(TypeError, match="filter"):
+        AdaptiveInflation(KalmanFilter())

@@ -15,6 +15,7 @@ from assimilax.filters import (
     ETKF,
     LETKF,
     RTPS,
+    AdaptiveInflation,
     BootstrapFilter,
     DEnKF,
     EnKFN,
@@ -96,6 +97,7 @@ CASES = [
     ("ienks", IEnKS(3, inflation=1.02), ["linear", "l96-arctan"]),
     ("serial", SerialEnSRF(), ["linear"]),
     ("enks", EnKS(ETKF(1.02), 2), ["linear", "l96-arctan"]),
+    ("adaptive-letkf", AdaptiveInflation(LETKF(radius=2.0), 2.0), ["linear", "l96-arctan"]),
     ("serial-local", SerialEnSRF(1.02, radius=2.0), ["l96-arctan"]),
     # Static backgrounds: not Kalman-exact, so not on the linear problem.
     ("var3d", Var3D(4.0 * jnp.eye(8), 0.5), ["l96-arctan"]),

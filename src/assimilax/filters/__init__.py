@@ -7,7 +7,7 @@ from ._enkf import (
     StochasticEnKF as StochasticEnKF,
     innovation_terms as innovation_terms,
 )
-from ._enkf_n import EnKFN as EnKFN
+from ._enkf_n import AdaptiveInflation as AdaptiveInflation, EnKFN as EnKFN
 from ._extended import (
     ExtendedKalmanFilter as ExtendedKalmanFilter,
     OptimalInterpolation as OptimalInterpolation,

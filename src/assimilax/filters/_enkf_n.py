@@ -115,3 +115,35 @@ class EnKFN(AbstractEnsembleFilter):
         forecast = flatten_members(belief.members)
         analysis = terms.mean[None] + (w[None] + t) @ (lam * terms.anomalies)
         return unflatten(self.inflation(forecast, analysis), belief)
+
+
+class AdaptiveInflation(AbstractEnsembleFilter):
+    r"""EnKF-N's prior inflation for any ensemble filter: before `filter`'s update, the
+    forecast anomalies are scaled by the factor $\lambda$ that the EnKF-N's dual cost
+    picks from this forecast and these observations (`EnKFN.estimated_inflation`; one
+    global factor, from all observations). `AdaptiveInflation(ETKF())` is the `EnKFN`.
+
+    **Arguments:**
+
+    - `filter`: an ensemble filter (`LETKF`, `SerialEnSRF`, `StochasticEnKF`, `DEnKF`,
+      `HybridScoreFilter`, ...); its own inflation still applies after its update.
+    - `hyperprior_weight`: as `EnKFN`'s (DAPPER's `xN`).
+    """
+
+    filter: AbstractEnsembleFilter
+    estimator: EnKFN
+
+    def __init__(self, filter: AbstractEnsembleFilter, hyperprior_weight=1.0):
+        if not isinstance(filter, AbstractEnsembleFilter):
+            raise TypeError(
+                "`filter` must be an ensemble filter (AbstractEnsembleFilter) whose forecast "
+                f"moves every member; got {type(filter).__name__}."
+            )
+        self.filter = filter
+        self.estimator = EnKFN(hyperprior_weight)
+
+    def update(self, belief, observation, y, mask=None, *, key):
+        terms = innovation_terms(belief, observation, y, mask)
+        lam = self.estimator.estimated_inflation(terms.obs_anomalies, terms.innovation)
+        inflated = terms.mean[None] + lam * terms.anomalies
+        return self.filter.update(unflatten(inflated, belief), observation, y, mask, key=key)
