@@ -240,19 +240,14 @@ def test_serial_ensrf_localisation_cuts_distant_influence(getkey):
         SerialEnSRF(radius=2.0).update(ens, dense, jnp.zeros(2), key=getkey())
 
 
-def test_enks_is_the_fixed_lag_kalman_smoother(getkey):
-    """Linear deterministic model, n > d: the EnKS(ETKF) estimate of time k is the mean
-    and variance of x_k given y_1..y_min(k+lag, K), from the joint Gaussian."""
+def _smoothing_problem(getkey):
+    """A deterministic linear model, 5 observation times, an exact-moment ensemble, and
+    the joint Gaussian's mean and std of x_i given y_1..y_j, `reference(i, j)`."""
     dyn, obs, m0, p0 = _random_problem(getkey())
     dyn = LinearDynamics(dyn.drift)
-    times, lag, d, m = jnp.array([0.2, 0.5, 0.7, 1.1, 1.3]), 2, 4, 3
+    times, d, m = jnp.array([0.2, 0.5, 0.7, 1.1, 1.3]), 4, 3
     k = times.shape[0]
     ys = jr.normal(getkey(), (k, m))
-    series = ax.ObservationSeries(obs, times, ys)
-    ens = _exact_ensemble(getkey(), m0, p0, n=12)
-    flt = EnKS(ETKF(), lag)
-    sol = ax.assimilate(flt, dyn, series, flt.init(ens, key=getkey()), key=getkey())
-    # Joint Gaussian of (x_1..x_K) and (y_1..y_K) from the exact transitions.
     mats, t_prev, prev = [], 0.0, np.eye(d)
     for t in times:
         prev = np.asarray(dyn.transition(t_prev, t)[0]) @ prev  # x_k = M_k x_0
@@ -262,19 +257,48 @@ def test_enks_is_the_fixed_lag_kalman_smoother(getkey):
     x_cov = np.block([[a @ p0 @ b.T for b in mats] for a in mats])
     g = np.kron(np.eye(k), np.asarray(obs.matrix()))
     r = np.kron(np.eye(k), np.asarray(obs.noise.dense()))
-    for i in range(k):
-        seen = slice(0, m * min(i + 1 + lag, k))
+
+    def reference(i, j):
+        seen = slice(0, m * j)
         gs = g[seen]
         gain = x_cov @ gs.T @ np.linalg.inv(gs @ x_cov @ gs.T + r[seen, seen])
         mean = x_mean + gain @ (np.asarray(ys).ravel()[seen] - gs @ x_mean)
         var = np.diag(x_cov - gain @ gs @ x_cov)
         block = slice(i * d, (i + 1) * d)
-        assert np.allclose(sol.smoothed_mean[i], mean[block], atol=1e-9), i
-        assert np.allclose(sol.smoothed_std[i], np.sqrt(var[block]), atol=1e-9), i
+        return mean[block], np.sqrt(var[block])
+
+    series = ax.ObservationSeries(obs, times, ys)
+    return dyn, series, _exact_ensemble(getkey(), m0, p0, n=12), reference
+
+
+def test_enks_is_the_fixed_lag_kalman_smoother(getkey):
+    """EnKS(ETKF): the estimate of time i is x_i given y_1..y_min(i+lag, K)."""
+    dyn, series, ens, reference = _smoothing_problem(getkey)
+    lag, k = 2, len(series)
+    flt = EnKS(ETKF(), lag)
+    sol = ax.assimilate(flt, dyn, series, flt.init(ens, key=getkey()), key=getkey())
+    for i in range(k):
+        mean, std = reference(i, min(i + 1 + lag, k))
+        assert np.allclose(sol.smoothed_mean[i], mean, atol=1e-9), i
+        assert np.allclose(sol.smoothed_std[i], std, atol=1e-9), i
     with pytest.raises(TypeError, match="global filter"):
         EnKS(ax.filters.LETKF(radius=2.0))
     with pytest.raises(ValueError, match="lag"):
         EnKS(ETKF(), 0)
+
+
+def test_rts_smoother_is_the_kalman_rts_smoother(getkey):
+    """The ensemble RTS pass over the ETKF's saved ensembles: x_i given all of y."""
+    dyn, series, ens, reference = _smoothing_problem(getkey)
+    etkf = ETKF()
+    sol = ax.assimilate(etkf, dyn, series, ens, key=getkey(), save_ensembles=True)
+    smoothed = ax.filters.rts_smoother(sol.forecast_ensembles, sol.ensembles, decorrelation=1.0)
+    for i in range(len(series)):
+        mean, std = reference(i, len(series))
+        assert np.allclose(smoothed[i].mean(0), mean, atol=1e-9), i
+        assert np.allclose(smoothed[i].std(0, ddof=1), std, atol=1e-9), i
+    with pytest.raises(ValueError, match="same shape"):
+        ax.filters.rts_smoother(sol.forecast_ensembles[1:], sol.ensembles)
 
 
 def test_enks_in_twin_datasets():

@@ -39,8 +39,9 @@ class Solution(eqx.Module):
     - `scores`: the analysis ensemble's `metrics.cycle_scores` (`crps`,
       `energy_score`, `coverage` (K, L), `rank_counts` (K, bins)), None unless a
       `truth` was given with `scores=True` and the belief is an ensemble;
-    - `ensembles`: the analysis members `(K, n, *state)`, None unless
-      `save_ensembles=True`;
+    - `ensembles`, `forecast_ensembles`: the analysis and forecast members
+      `(K, n, *state)`, None unless `save_ensembles=True` (what `filters.rts_smoother`
+      needs);
     - `smoothed_mean`, `smoothed_std`: a smoother's (`filters.EnKS`) estimate of each
       time given the observations up to `lag` times later (the last `lag` times: up to
       the end), None for filters.
@@ -59,6 +60,7 @@ class Solution(eqx.Module):
     rmse_analysis: Float[Array, " K"] | None
     scores: dict[str, Array] | None
     ensembles: Float[Array, "K n *state"] | None
+    forecast_ensembles: Float[Array, "K n *state"] | None
     smoothed_mean: Float[Array, " K *state"] | None
     smoothed_std: Float[Array, " K *state"] | None
     belief: AbstractBelief
@@ -120,6 +122,7 @@ def run_cycles(
                 out["scores"] = cycle_scores(ens_a, x_true)
         if save_ensembles:
             out["ensembles"] = ens_a.members
+            out["forecast_ensembles"] = ens_f.members
         if isinstance(analysis, LaggedEnsemble):  # the estimate of `lag` times ago
             smoothed = analysis.smoothed()
             out["smoothed_mean"] = smoothed.mean()
@@ -252,6 +255,7 @@ def make_solution(out: dict, belief, result, throw: bool) -> Solution:
         rmse_analysis=out.get("rmse_analysis"),
         scores=out.get("scores"),
         ensembles=out.get("ensembles"),
+        forecast_ensembles=out.get("forecast_ensembles"),
         **_smoothed(out, belief),
         belief=belief,
         result=result,
@@ -312,8 +316,8 @@ def assimilate(
       scores of every analysis (CRPS, energy score, coverage, rank counts; see
       `metrics.cycle_scores`). They cost about as much as an EnKF update at small `n`;
       turn them off for timing runs.
-    - `save_ensembles`: also return the analysis members of every cycle (memory:
-      `K * n * d` numbers).
+    - `save_ensembles`: also return the analysis and forecast members of every cycle
+      (memory: `2 K n d` numbers).
     - `throw`: raise if the run fails (non-finite forecast or analysis). With
       `throw=False` the failure is returned in `Solution.result` instead, which suits
       runs vmapped over settings.

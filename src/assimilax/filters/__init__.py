@@ -44,7 +44,11 @@ from ._score import (
     mixture_score as mixture_score,
 )
 from ._serial import SerialEnSRF as SerialEnSRF
-from ._smoother import EnKS as EnKS, LaggedEnsemble as LaggedEnsemble
+from ._smoother import (
+    EnKS as EnKS,
+    LaggedEnsemble as LaggedEnsemble,
+    rts_smoother as rts_smoother,
+)
 from .base import (
     AbstractEnsembleFilter as AbstractEnsembleFilter,
     AbstractFilter as AbstractFilter,

