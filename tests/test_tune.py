@@ -45,15 +45,14 @@ def test_inverse_and_root_derivative_with_repeated_eigenvalues(getkey):
     assert np.allclose(root @ root @ c, np.eye(6), atol=1e-12)
 
 
-@pytest.mark.parametrize("loss", ["innovation", "crps"])
 @pytest.mark.parametrize(
-    "make, initial",
+    "make, initial, loss",
     [
-        (lambda inflation: ETKF(inflation=inflation), {"inflation": 1.05}),
+        (lambda inflation: ETKF(inflation=inflation), {"inflation": 1.05}, "innovation"),
         (lambda inflation, radius: LETKF(inflation=inflation, radius=radius),
-         {"inflation": 1.03, "radius": 2.5}),
+         {"inflation": 1.03, "radius": 2.5}, "crps"),
     ],
-    ids=["etkf", "letkf"],
+    ids=["etkf-innovation", "letkf-crps"],
 )  # fmt: skip
 def test_tune_gradient_matches_finite_differences(make, initial, loss):
     """With a window over all cycles the gradient is the exact derivative of the loss
