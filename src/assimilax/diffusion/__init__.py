@@ -32,6 +32,19 @@ from ._sde import (
     gaussian_score as gaussian_score,
 )
 from ._smc import smc_posterior as smc_posterior
+from ._smdp import (
+    ResNetScore as ResNetScore,
+    fit_smdp as fit_smdp,
+    forward_trajectory as forward_trajectory,
+    jittered_times as jittered_times,
+    power_law_fields as power_law_fields,
+    radial_log_amplitude as radial_log_amplitude,
+    reconstruction_mse as reconstruction_mse,
+    reverse_step as reverse_step,
+    reverse_trajectory as reverse_trajectory,
+    smdp_loss as smdp_loss,
+    spectral_error as spectral_error,
+)
 from ._training import (
     FitResult as FitResult,
     dsm_loss as dsm_loss,
