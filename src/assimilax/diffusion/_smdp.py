@@ -229,6 +229,11 @@ def fit_smdp(
     compiles once). Default optimiser: the authors' clip(10) then Adam(1e-4).
     `callback(iteration, loss)` is called every iteration (progress, early stopping by
     raising). Returns the trained network and the losses."""
+    if augment and (data.ndim != 3 or data.shape[1] != data.shape[2]):
+        raise ValueError(
+            f"`augment` flips and turns square 2-D fields, `data` (N, n, n); got shape "
+            f"{data.shape} (pass augment=False)."
+        )
     optimiser = optimiser or optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-4))
     params, static = eqx.partition(network, eqx.is_inexact_array)
     state = optimiser.init(params)
