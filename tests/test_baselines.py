@@ -189,7 +189,7 @@ def test_lorenz63_baselines_reach_dapper_rmse(name, bound):
     flt = {name: ax.make_filter(name, setup)}
     ds = ax.twin_experiment(
         setup.make_dynamics(3), ax.make_observation(3, setup.obs_std), flt, key=jr.key(3),
-        members=10, cycles=1500, obs_interval=0.25, burn_in=150, **setup.start(3),
+        members=10, cycles=1000, obs_interval=0.25, burn_in=100, **setup.start(3),
     )  # fmt: skip
     rmse = ax.summarise(ds)[name]["rmse_analysis"]
     assert rmse < bound, rmse
@@ -301,6 +301,7 @@ def test_rts_smoother_is_the_kalman_rts_smoother(getkey):
         ax.filters.rts_smoother(sol.forecast_ensembles[1:], sol.ensembles)
 
 
+@pytest.mark.slow
 def test_enks_in_twin_datasets():
     setup = ax.MODELS["lorenz96"]
     flt = {"etkf": ETKF(1.02), "enks": EnKS(ETKF(1.02), 3)}

@@ -104,11 +104,18 @@ CASES = [
     ("oi", OptimalInterpolation(jnp.full(8, 2.0), 12.0 * jnp.eye(8)), ["l96-arctan"]),
     ("sf-smc", _score_filter_smc, ["l96-arctan"]),
 ]
-# The heaviest pairs (SMC with its particles) run in the slow suite.
-SLOW = {"ensf-smc", "sf-smc"}
+# The heaviest pairs run in the slow suite: SMC with its particles, and second problems
+# of filters whose exactness `test_baselines.py` checks (a filter name, or name-problem).
+SLOW = {
+    "ensf-smc", "sf-smc", "optimal-proposal-linear", "ienks-linear", "serial-linear",
+    "enks-l96-arctan", "enkf-n-l96-arctan", "extkf-l96-arctan",
+}  # fmt: skip
 PAIRS = [
     pytest.param(
-        flt, problem, id=f"{name}-{problem}", marks=[pytest.mark.slow] if name in SLOW else []
+        flt,
+        problem,
+        id=f"{name}-{problem}",
+        marks=[pytest.mark.slow] if {name, f"{name}-{problem}"} & SLOW else [],
     )
     for name, flt, problems in CASES
     for problem in problems

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import pytest
 from jax import lax
 
 from assimilax.diffusion import (
@@ -86,15 +87,15 @@ def test_data_spectrum_has_slope_minus_four(getkey):
 
 
 def test_one_training_step_decreases_the_loss(getkey):
-    heat = StochasticHeat(16, 2, diffusivity=1.0)
+    heat = StochasticHeat(8, 2, diffusivity=1.0)
     step = lambda x, dt: heat.step_mean(x, 0.0, dt)
-    fields = power_law_fields(getkey(), 4, 16)
+    fields = power_law_fields(getkey(), 2, 8)
     fields = fields / jnp.std(fields)
-    times = jittered_times(getkey(), 0.2, 8)
-    keys = jr.split(getkey(), 4)
+    times = jittered_times(getkey(), 0.2, 4)
+    keys = jr.split(getkey(), 2)
     trajs = jax.vmap(lambda x, k: forward_trajectory(step, x, times, 0.1, key=k))(fields, keys)
-    net = ResNetScore(8, 1, key=getkey())
-    loss = lambda net: smdp_loss(net, step, trajs, times, 0, 4, 0.1)
+    net = ResNetScore(4, 1, key=getkey())
+    loss = lambda net: smdp_loss(net, step, trajs, times, 0, 2, 0.1)
     opt = optax.adam(1e-3)
     state = opt.init(eqx.filter(net, eqx.is_array))
     before, grads = eqx.filter_value_and_grad(loss)(net)
@@ -104,6 +105,7 @@ def test_one_training_step_decreases_the_loss(getkey):
     assert after < before, (before, after)
 
 
+@pytest.mark.slow
 def test_fit_smdp_through_a_nonlinear_solver(getkey):
     """Generality: training through a viscous Burgers step (1-D, nonlinear; spectral
     derivatives, one explicit step: the library's SPDE steppers choose their number of

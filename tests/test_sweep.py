@@ -37,6 +37,7 @@ def test_sweep_cells_are_the_twin_experiments():
         )
 
 
+@pytest.mark.slow
 def test_sweep_particle_filter_and_failures_are_flagged():
     """A grid of particle filters (weights, resampling) runs too; a setting that loses
     track is flagged and never chosen."""
