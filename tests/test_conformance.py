@@ -104,11 +104,13 @@ CASES = [
     ("oi", OptimalInterpolation(jnp.full(8, 2.0), 12.0 * jnp.eye(8)), ["l96-arctan"]),
     ("sf-smc", _score_filter_smc, ["l96-arctan"]),
 ]
-# The heaviest pairs run in the slow suite: SMC with its particles, and second problems
-# of filters whose exactness `test_baselines.py` checks (a filter name, or name-problem).
+# The slow suite runs every pair; the default one each filter once (SMC with its
+# particles only there), which keeps it inside its time (a filter name, or name-problem).
 SLOW = {
     "ensf-smc", "sf-smc", "optimal-proposal-linear", "ienks-linear", "serial-linear",
-    "enks-l96-arctan", "enkf-n-l96-arctan", "extkf-l96-arctan",
+    "enks-l96-arctan", "enkf-n-l96-arctan", "extkf-l96-arctan", "enkf-l96-arctan",
+    "letkf-l96-arctan", "bootstrap-l96-arctan", "ensf-l96-arctan", "hybrid-l96-arctan",
+    "denkf-l96-arctan", "adaptive-letkf-linear", "enks-linear",
 }  # fmt: skip
 PAIRS = [
     pytest.param(

@@ -49,8 +49,8 @@ def test_inverse_and_root_derivative_with_repeated_eigenvalues(getkey):
     "make, initial, loss",
     [
         (lambda inflation: ETKF(inflation=inflation), {"inflation": 1.05}, "innovation"),
-        (lambda inflation, radius: LETKF(inflation=inflation, radius=radius),
-         {"inflation": 1.03, "radius": 2.5}, "crps"),
+        pytest.param(lambda inflation, radius: LETKF(inflation=inflation, radius=radius),
+                     {"inflation": 1.03, "radius": 2.5}, "crps", marks=pytest.mark.slow),
     ],
     ids=["etkf-innovation", "letkf-crps"],
 )  # fmt: skip
