@@ -24,7 +24,13 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("ASSIMILAX_NOTEBOOK_CYCLES", "80")
     monkeypatch.setenv("ASSIMILAX_NOTEBOOK_TRAIN_STEPS", "300")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    namespace = runpy.run_path(os.fspath(path), run_name="__main__")
+    import jax
+
+    x64 = jax.config.jax_enable_x64
+    try:  # a notebook sets its own precision; the tests after it keep theirs
+        namespace = runpy.run_path(os.fspath(path), run_name="__main__")
+    finally:
+        jax.config.update("jax_enable_x64", x64)
     assert namespace["scores"]  # the notebook's own assertions ran
 
 
