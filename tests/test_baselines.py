@@ -195,7 +195,11 @@ def test_lorenz63_baselines_reach_dapper_rmse(name, bound):
     assert rmse < bound, rmse
 
 
-@pytest.mark.parametrize("flt", [IEnKS(1), IEnKS(4), IEnKS(3, mda=True)], ids=["1", "4", "mda"])
+@pytest.mark.parametrize(
+    "flt",
+    [IEnKS(1), IEnKS(4), IEnKS(3, mda=True), IEnKS(2, lag=3)],
+    ids=["1", "4", "mda", "lag3"],
+)
 def test_ienks_is_the_etkf_on_linear_models(flt, getkey):
     """Linear model and observation: the Gauss–Newton iterations stop moving after the
     first, MDA's annealing reaches the same posterior, and running the smoothed ensemble
@@ -205,11 +209,11 @@ def test_ienks_is_the_etkf_on_linear_models(flt, getkey):
     ens = _exact_ensemble(getkey(), m0, p0, n=12)
     y = jr.normal(getkey(), (3,))
     key = getkey()
-    a = flt.update(flt.forecast(ens, dyn, 0.0, 0.4, key=key), obs, y, key=key)
+    a = flt.update(flt.forecast(flt.init(ens, key=key), dyn, 0.0, 0.4, key=key), obs, y, key=key)
     etkf = ETKF()
     b = etkf.update(etkf.forecast(ens, dyn, 0.0, 0.4, key=key), obs, y, key=key)
     assert np.allclose(a.mean(), b.mean(), atol=1e-10)
-    assert np.allclose(a.covariance(), b.covariance(), atol=1e-10)
+    assert np.allclose(a.ensemble.covariance(), b.covariance(), atol=1e-10)
 
 
 def test_serial_ensrf_is_kalman_exact_without_localisation(getkey):
@@ -271,16 +275,20 @@ def _smoothing_problem(getkey):
     return dyn, series, _exact_ensemble(getkey(), m0, p0, n=12), reference
 
 
-def test_enks_is_the_fixed_lag_kalman_smoother(getkey):
-    """EnKS(ETKF): the estimate of time i is x_i given y_1..y_min(i+lag, K)."""
+@pytest.mark.parametrize("smoother", ["enks", "ienks"])
+def test_enks_is_the_fixed_lag_kalman_smoother(smoother, getkey):
+    """EnKS(ETKF), and the iEnKS of a window of `lag` cycles on a linear model: the
+    estimate of time i is x_i given y_1..y_min(i+lag, K)."""
     dyn, series, ens, reference = _smoothing_problem(getkey)
     lag, k = 2, len(series)
-    flt = EnKS(ETKF(), lag)
+    flt = EnKS(ETKF(), lag) if smoother == "enks" else IEnKS(2, lag=lag)
     sol = ax.assimilate(flt, dyn, series, flt.init(ens, key=getkey()), key=getkey())
     for i in range(k):
         mean, std = reference(i, min(i + 1 + lag, k))
         assert np.allclose(sol.smoothed_mean[i], mean, atol=1e-9), i
         assert np.allclose(sol.smoothed_std[i], std, atol=1e-9), i
+    with pytest.raises(ValueError, match="lag"):
+        IEnKS(lag=0)
     with pytest.raises(TypeError, match="global filter"):
         EnKS(ax.filters.LETKF(radius=2.0))
     with pytest.raises(ValueError, match="lag"):

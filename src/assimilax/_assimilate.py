@@ -14,7 +14,7 @@ from ._ensemble import Ensemble, as_ensemble
 from ._results import RESULTS
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
-from .filters import AbstractFilter, LaggedEnsemble
+from .filters import AbstractFilter, AbstractLaggedEnsemble
 from .metrics import cycle_scores, innovation_ratio, rmse
 from .observations import Identity, Interpolate, Subsample
 
@@ -123,7 +123,7 @@ def run_cycles(
         if save_ensembles:
             out["ensembles"] = ens_a.members
             out["forecast_ensembles"] = ens_f.members
-        if isinstance(analysis, LaggedEnsemble):  # the estimate of `lag` times ago
+        if isinstance(analysis, AbstractLaggedEnsemble):  # the estimate of `lag` times ago
             smoothed = analysis.smoothed()
             out["smoothed_mean"] = smoothed.mean()
             out["smoothed_std"] = jnp.sqrt(smoothed.variance())
@@ -265,7 +265,7 @@ def make_solution(out: dict, belief, result, throw: bool) -> Solution:
 def _smoothed(out: dict, belief) -> dict:
     """A smoother's per-cycle estimates of `lag` times ago, moved to the times they
     belong to; the last `lag` times from the final belief (None for filters)."""
-    if "smoothed_mean" not in out or not isinstance(belief, LaggedEnsemble):
+    if "smoothed_mean" not in out or not isinstance(belief, AbstractLaggedEnsemble):
         return dict(smoothed_mean=None, smoothed_std=None)
     lag = min(belief.lag, out["smoothed_mean"].shape[0])
     # The final belief: times K-lag..K-1 are lagged[lag-2], ..., lagged[0], current.

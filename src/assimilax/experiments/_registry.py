@@ -94,7 +94,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "extkf": ("inflation",),
     "var3d": ("scale",),
     "oi": (),
-    "ienks": ("iterations", "mda", "inflation", "rotate"),
+    "ienks": ("iterations", "lag", "mda", "inflation", "rotate"),
     "serial": ("inflation", "radius", "rotate"),
     "enks": ("lag", "inflation", "rotate"),
 }

@@ -14,7 +14,11 @@ from ._extended import (
     Var3D as Var3D,
 )
 from ._hybrid import HybridScoreFilter as HybridScoreFilter
-from ._ienks import IEnKS as IEnKS, WindowEnsemble as WindowEnsemble
+from ._ienks import (
+    IEnKS as IEnKS,
+    WindowAnalysis as WindowAnalysis,
+    WindowEnsemble as WindowEnsemble,
+)
 from ._inflation import (
     RTPP as RTPP,
     RTPS as RTPS,
@@ -45,6 +49,7 @@ from ._score import (
 )
 from ._serial import SerialEnSRF as SerialEnSRF
 from ._smoother import (
+    AbstractLaggedEnsemble as AbstractLaggedEnsemble,
     EnKS as EnKS,
     LaggedEnsemble as LaggedEnsemble,
     rts_smoother as rts_smoother,

@@ -1,20 +1,24 @@
-r"""The iterative ensemble Kalman filter/smoother with a data-assimilation window of one
-cycle (iEnKS with lag 1, the IEnKF of Sakov, Oliver & Bertino 2012; Bocquet & Sakov
-2014), square-root form, by Gauss–Newton iterations or multiple data assimilation.
+r"""The iterative ensemble Kalman smoother (iEnKS; Bocquet & Sakov 2014), square-root
+form, by Gauss–Newton iterations or multiple data assimilation, with a data-assimilation
+window of `lag` cycles shifted by one cycle (DAPPER's `iEnKS('Sqrt', Lag=L)`; lag 1 is
+the iterative EnKF of Sakov, Oliver & Bertino 2012).
 
-The window runs from the previous analysis time $t_0$ to the observation time $t_1$.
-The control vector $w$ moves the ensemble at $t_0$, $E = \bar x_0 + (w + T) X_0$
-($X_0$ the anomalies at $t_0$); each iteration runs the members through the model to
-$t_1$, observes them, and takes a Gauss–Newton step on the cost
-$\tfrac12 (n-1)\|w\|^2 + \tfrac12 \|y - h(M(E))\|^2_{R^{-1}}$, with the observed
-anomalies "de-conditioned" by the current transform. The smoothed ensemble at $t_0$ is
-$\bar x_0 + (w + T) X_0$; run to $t_1$ it is the analysis. With one iteration and a
-linear model it is the ETKF.
+The window runs from the observation time $t_{k-L}$ to the new one $t_k$. The control
+vector $w$ moves the ensemble at $t_{k-L}$, $E = \bar x_0 + (w + T) X_0$ ($X_0$ its
+anomalies); each iteration runs the members through the model over the $L$ cycles to
+$t_k$, observes them, and takes a Gauss–Newton step on the cost
+$\tfrac12 (n-1)\|w\|^2 + \tfrac12 \|y_k - h(M(E))\|^2_{R^{-1}}$, with the observed
+anomalies "de-conditioned" by the current transform. Each observation is assimilated
+once (single data assimilation, as DAPPER): the observations inside the window are
+already in the prior at its start. The smoothed ensemble at $t_{k-L}$, run through the
+window, gives the smoothed members at $t_{k-L+1}, \dots$ and the analysis at $t_k$. With
+one iteration and a linear model it is the ETKF (and its smoothed means the EnKS's).
 """
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 from jax import lax
 
 from .._custom_types import Array, Float
@@ -22,20 +26,32 @@ from .._ensemble import AbstractEnsembleBelief, Ensemble, flatten_members
 from ..dynamics import AbstractDynamics
 from ._enkf import mean_preserving_rotation
 from ._inflation import AbstractInflation, as_inflation
+from ._smoother import AbstractLaggedEnsemble
 from .base import AbstractFilter, check_ensemble, move_members
 
 
+class WindowAnalysis(AbstractLaggedEnsemble):
+    """The iEnKS analysis: the members at the observation time (`ensemble`), the smoothed
+    members at the previous `lag` observation times, newest first (`lagged`), the
+    window's times from its next start (`times`, `(lag,)`; NaN before the first cycle)
+    and the forecast keys of its cycles after that (`keys`, `(lag - 1,)`)."""
+
+    ensemble: Ensemble
+    lagged: Float[Array, "lag n *state"]
+    times: Float[Array, " lag"]
+    keys: Array
+
+
 class WindowEnsemble(AbstractEnsembleBelief):
-    """The iEnKS forecast: the members at the observation time (`ensemble`, what
+    """The iEnKS forecast: the members at the new observation time (`ensemble`, what
     diagnostics read) and what the update iterates on: the members at the window's
-    start, its times, the model and the forecast key."""
+    start, its `lag + 1` times, the forecast keys of its `lag` cycles and the model."""
 
     ensemble: Ensemble
     start: Ensemble
-    t0: Float[Array, ""]
-    t1: Float[Array, ""]
+    times: Float[Array, " window"]
+    keys: Array
     dynamics: AbstractDynamics
-    key: Array
 
 
 def _transform(y0, za, power):
@@ -48,24 +64,27 @@ def _transform(y0, za, power):
 
 
 class IEnKS(AbstractFilter):
-    r"""The iterative ensemble Kalman smoother with a window of one cycle (the iterative
-    EnKF; DAPPER's `iEnKS('Sqrt', Lag=1)`), see the module.
+    r"""The iterative ensemble Kalman smoother, see the module.
 
     **Arguments:**
 
     - `iterations`: Gauss–Newton iterations (or MDA steps) per cycle (default 10,
       DAPPER's `nIter`; always all of them, DAPPER's `wtol=0`). Each costs one ensemble
       run of the model over the window, plus one more for the analysis.
+    - `lag`: the window's length in cycles (DAPPER's `Lag`; default 1, the iterative
+      EnKF). `assimilate` reports the smoothed estimate `lag` cycles back as
+      `Solution.smoothed_mean`/`smoothed_std`. The first windows start at the initial
+      time (zero-length cycles there).
     - `mda`: multiple data assimilation (Emerick & Reynolds 2012) instead of
       Gauss–Newton: `iterations` partial updates with the observation error covariance
       inflated by `iterations` (annealing; exact after all steps for linear models).
     - `inflation`: applied to the smoothed ensemble at the window's start, before it is
-      run to the observation time (as DAPPER's `infl`).
+      run through the window (as DAPPER's `infl`).
     - `rotate`: a random mean-preserving rotation there (DAPPER's `rot=True`).
 
-    Assumes a deterministic model: every iteration runs the members with the forecast's
-    key (common random numbers), which for a stochastic model conditions on that noise.
-    The smoothers of longer windows (lag L > 1) are not built yet.
+    Assumes a deterministic model: every iteration runs the members with the forecast
+    keys of the window's cycles (common random numbers), which for a stochastic model
+    conditions on that noise.
 
     References: Sakov, Oliver & Bertino (2012), "An iterative EnKF for strongly nonlinear
     systems", MWR 140; Bocquet & Sakov (2014), "An iterative ensemble Kalman smoother",
@@ -73,27 +92,45 @@ class IEnKS(AbstractFilter):
     """
 
     iterations: int = eqx.field(static=True)
+    lag: int = eqx.field(static=True)
     mda: bool = eqx.field(static=True)
     inflation: AbstractInflation
     rotate: bool = eqx.field(static=True)
 
-    def __init__(self, iterations: int = 10, *, mda=False, inflation=None, rotate=False):
-        if int(iterations) != iterations or iterations < 1:
-            raise ValueError(f"`iterations` must be a positive integer; got {iterations!r}.")
+    def __init__(
+        self, iterations: int = 10, *, lag: int = 1, mda=False, inflation=None, rotate=False
+    ):
+        for name, value in (("iterations", iterations), ("lag", lag)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
         self.iterations = int(iterations)
+        self.lag = int(lag)
         self.mda = bool(mda)
         self.inflation = as_inflation(inflation)
         self.rotate = bool(rotate)
 
-    def init(self, ensemble: Ensemble, *, key) -> Ensemble:
-        del key
-        return check_ensemble(ensemble)
+    def init(self, ensemble: Ensemble, *, key) -> WindowAnalysis:
+        ensemble = check_ensemble(ensemble)
+        dtype = ensemble.members.dtype
+        lagged = jnp.broadcast_to(ensemble.members, (self.lag, *ensemble.members.shape))
+        times = jnp.full(self.lag, jnp.nan, dtype)
+        return WindowAnalysis(ensemble, lagged, times, jr.split(key, self.lag)[1:])
 
     def forecast(self, belief, dynamics, t0, t1, *, key):
+        if not isinstance(belief, WindowAnalysis):
+            raise TypeError(
+                "IEnKS.forecast needs the belief of its own `init` or `update` (a "
+                f"WindowAnalysis); got {type(belief).__name__}."
+            )
         dtype = belief.members.dtype
-        moved = move_members(belief, dynamics, t0, t1, key=key)
-        times = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
-        return WindowEnsemble(moved, belief, *times, dynamics, key)
+        moved = move_members(belief.ensemble, dynamics, t0, t1, key=key)
+        # Before the first cycle the window's times are unknown: they start at t0.
+        times = jnp.where(jnp.isnan(belief.times), jnp.asarray(t0, dtype), belief.times)
+        times = jnp.concatenate([times, jnp.asarray(t1, dtype)[None]])
+        keys = jnp.concatenate([belief.keys, key[None]])
+        history = jnp.concatenate([belief.members[None], belief.lagged])
+        start = Ensemble(history[self.lag - 1], belief.log_weights)
+        return WindowEnsemble(moved, start, times, keys, dynamics)
 
     def update(self, belief, observation, y, mask=None, *, key):
         if not isinstance(belief, WindowEnsemble):
@@ -111,14 +148,24 @@ class IEnKS(AbstractFilter):
         za = n1 * self.iterations if self.mda else n1
         eye = jnp.eye(n, dtype=dtype)
 
-        def advance(members):
-            """Flat members at t0, run to t1 (an `Ensemble`)."""
-            ensemble = Ensemble(members.reshape(start.members.shape), start.log_weights)
-            return move_members(ensemble, belief.dynamics, belief.t0, belief.t1, key=belief.key)
+        def run(members):
+            """Flat members at the window's start, run through its cycles: the members
+            at each later time of the window, `(lag, n, *state)`."""
+
+            def cycle(members, inputs):
+                t0, t1, key = inputs
+                ensemble = Ensemble(members, start.log_weights)
+                moved = move_members(ensemble, belief.dynamics, t0, t1, key=key).members
+                return moved, moved
+
+            segments = (belief.times[:-1], belief.times[1:], belief.keys)
+            _, path = lax.scan(cycle, members.reshape(start.members.shape), segments)
+            return path
 
         def iterate(carry, _):
             w, t, t_inv = carry
-            observed = jax.vmap(observation.apply)(advance(x0[None] + (w[None] + t) @ a0).members)
+            final = run(x0[None] + (w[None] + t) @ a0)[-1]
+            observed = jax.vmap(observation.apply)(final)
             mean = jnp.mean(observed, axis=0)
             stacked = jnp.concatenate([observed - mean[None], (y - mean)[None]])
             whitened = observation.noise.whiten(stacked, mask)
@@ -139,5 +186,9 @@ class IEnKS(AbstractFilter):
         (w, t, _), _ = lax.scan(iterate, init, None, length=self.iterations)
         if self.rotate:
             t = mean_preserving_rotation(n, key=key, dtype=dtype) @ t
-        smoothed = x0[None] + (w[None] + t) @ a0
-        return advance(self.inflation(e0, smoothed))
+        smoothed = self.inflation(e0, x0[None] + (w[None] + t) @ a0)
+        smoothed = smoothed.reshape(start.members.shape)
+        path = run(smoothed)
+        lagged = jnp.concatenate([path[:-1][::-1], smoothed[None]])
+        analysis = Ensemble(path[-1], start.log_weights)
+        return WindowAnalysis(analysis, lagged, belief.times[1:], belief.keys[1:])

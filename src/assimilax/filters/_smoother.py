@@ -22,13 +22,14 @@ from ..observations import AbstractObservation
 from .base import AbstractEnsembleFilter, AbstractFilter, check_ensemble
 
 
-class LaggedEnsemble(AbstractEnsembleBelief):
-    """The EnKS belief: the current members (`ensemble`) and the members at the previous
-    `lag` observation times, newest first (`lagged`, `(lag, n, *state)`), each smoothed
-    by every observation since."""
+class AbstractLaggedEnsemble(AbstractEnsembleBelief):
+    """A smoother's belief: the current members (`ensemble`) and the members at the
+    previous `lag` observation times, newest first (`lagged`, `(lag, n, *state)`), each
+    smoothed by every observation since. `assimilate` reports `smoothed()` of every cycle
+    as the estimate of `lag` times before it (`Solution.smoothed_mean`/`smoothed_std`)."""
 
-    ensemble: Ensemble
-    lagged: Float[Array, "lag n *state"]
+    ensemble: eqx.AbstractVar[Ensemble]
+    lagged: eqx.AbstractVar[Float[Array, "lag n *state"]]
 
     @property
     def lag(self) -> int:
@@ -37,6 +38,13 @@ class LaggedEnsemble(AbstractEnsembleBelief):
     def smoothed(self) -> Ensemble:
         """The members `lag` observation times ago: final, smoothed by `lag` more."""
         return Ensemble(self.lagged[-1], self.ensemble.log_weights)
+
+
+class LaggedEnsemble(AbstractLaggedEnsemble):
+    """The EnKS belief (see `AbstractLaggedEnsemble`)."""
+
+    ensemble: Ensemble
+    lagged: Float[Array, "lag n *state"]
 
 
 class _FirstBlock(AbstractObservation):
