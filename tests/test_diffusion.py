@@ -246,6 +246,35 @@ def test_unet_shapes_and_periodic_equivariance(shape, getkey):
         net(jr.normal(getkey(), tuple(n + 1 for n in shape)), 0.3)
 
 
+@pytest.mark.parametrize("nd", [1, 2])
+def test_conv_equals_equinox_conv(nd, getkey):
+    """The matrix-product convolution computes what `equinox.nn.Conv` does with "same"
+    padding, for every padding mode, kernel and stride (same weights from the same key)."""
+    shape = (3, 12) if nd == 1 else (3, 6, 6)
+    x = jr.normal(getkey(), shape)
+    for mode in ("ZEROS", "CIRCULAR", "REPLICATE"):
+        for k in (1, 3, 5):
+            for stride in (1, 2):
+                key = getkey()
+                ours = dm.Conv(nd, 3, 4, k, padding_mode=mode, stride=stride, key=key)
+                ref = eqx.nn.Conv(
+                    nd, 3, 4, k, padding=k // 2, padding_mode=mode, stride=stride, key=key
+                )
+                assert np.allclose(ours(x), ref(x), atol=1e-12), (mode, k, stride)
+    with pytest.raises(ValueError, match="odd"):
+        dm.Conv(nd, 3, 4, 2, key=getkey())
+
+
+def test_two_field_unet_and_bad_shapes(getkey):
+    """Several fields on one grid: `(fields, n)` in and out; a wrong shape is named."""
+    net = dm.UNetScore(1, channels=(4, 8), periodic=False, cond_dim=3, fields=2, key=getkey())
+    x = jr.normal(getkey(), (2, 20))
+    out = net(x, 0.3, jnp.ones(3))
+    assert out.shape == x.shape
+    with pytest.raises(ValueError, match="2 field"):
+        net(jr.normal(getkey(), (20,)), 0.3, jnp.ones(3))
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="beta_min"):
         dm.VPSDE(beta_min=5.0, beta_max=1.0)

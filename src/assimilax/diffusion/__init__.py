@@ -9,6 +9,7 @@ from ._guidance import (
     posterior_score as posterior_score,
 )
 from ._networks import (
+    Conv as Conv,
     FiLM as FiLM,
     GaussianResidual as GaussianResidual,
     MLPScore as MLPScore,

@@ -5,6 +5,7 @@ conditions) enter every block through FiLM, so one network learns a family of
 conditional distributions.
 """
 
+import itertools
 import math
 
 import equinox as eqx
@@ -137,19 +138,69 @@ class GaussianResidual(eqx.Module):
         return gaussian + self.network(x, t, cond)
 
 
+_PAD_MODES = {"ZEROS": "constant", "CIRCULAR": "wrap", "REPLICATE": "edge", "REFLECT": "reflect"}
+
+
+class Conv(eqx.Module):
+    """A convolution over `(channels, *grid)` fields with "same" padding (odd kernels),
+    computed as shifted copies and one matrix product rather than `lax.conv`.
+
+    Why: on XLA:CPU the gradients of `lax.conv` inside a loop (`lax.scan`: training
+    steps, filter cycles) run ~10x slower than outside one (jax-ml/jax#12868); as
+    matrix products the loop costs what a single step does (measured: a 6-layer 1-D net,
+    batch 256, 0.086 s per scanned training step against 0.37 s with `lax.conv`; the
+    forward pass 3x faster too). Initialised as `equinox.nn.Conv` (same weight layout
+    `(out, in, *kernel)`), so weights move between the two. `stride` keeps every
+    `stride`-th output of the "same" convolution (the positions a padded strided
+    convolution computes).
+    """
+
+    weight: Float[Array, " cout cin *kernel"]
+    bias: Float[Array, " cout"]
+    padding_mode: str = eqx.field(static=True)
+    stride: int = eqx.field(static=True)
+
+    def __init__(self, nd, cin, cout, kernel=3, *, padding_mode="ZEROS", stride=1, key):
+        if kernel % 2 != 1:
+            raise ValueError(f"`kernel` must be odd; got {kernel}.")
+        if padding_mode not in _PAD_MODES:
+            raise ValueError(
+                f"`padding_mode` must be one of {sorted(_PAD_MODES)}; got {padding_mode!r}."
+            )
+        reference = eqx.nn.Conv(nd, cin, cout, kernel, key=key)
+        self.weight = reference.weight
+        self.bias = reference.bias.reshape(cout)
+        self.padding_mode, self.stride = padding_mode, int(stride)
+
+    def __call__(self, x: Float[Array, " cin *grid"]) -> Array:
+        kernel = self.weight.shape[2:]
+        grid = x.shape[1:]
+        if any(k > 1 for k in kernel):
+            pads = [(0, 0)] + [(k // 2, k // 2) for k in kernel]
+            x = jnp.pad(x, pads, mode=_PAD_MODES[self.padding_mode])
+        shifted = [
+            x[(slice(None), *(slice(o, o + n) for o, n in zip(offset, grid, strict=True)))]
+            for offset in itertools.product(*(range(k) for k in kernel))
+        ]
+        columns = jnp.stack(shifted, axis=1)  # (in, prod(kernel), *grid)
+        weight = self.weight.reshape(*self.weight.shape[:2], -1)
+        out = jnp.einsum("ck...,ock->o...", columns, weight)
+        if self.stride > 1:
+            out = out[(slice(None), *(slice(None, None, self.stride) for _ in grid))]
+        return out + self.bias.reshape(-1, *(1,) * len(grid))
+
+
 def _conv(nd, cin, cout, padding_mode, *, key, stride=1):
-    return eqx.nn.Conv(
-        nd, cin, cout, 3, stride=stride, padding=1, padding_mode=padding_mode, key=key
-    )
+    return Conv(nd, cin, cout, 3, padding_mode=padding_mode, stride=stride, key=key)
 
 
 class _ResBlock(eqx.Module):
     norm1: eqx.nn.GroupNorm
-    conv1: eqx.nn.Conv
+    conv1: Conv
     film: FiLM
     norm2: eqx.nn.GroupNorm
-    conv2: eqx.nn.Conv
-    skip: eqx.nn.Conv | None
+    conv2: Conv
+    skip: Conv | None
 
     def __init__(self, nd, cin, cout, cond, padding_mode, *, key):
         k1, k2, k3, k4 = jr.split(key, 4)
@@ -158,7 +209,7 @@ class _ResBlock(eqx.Module):
         self.film = FiLM(cond, cout, key=k2)
         self.norm2 = eqx.nn.GroupNorm(min(8, cout), cout)
         self.conv2 = _conv(nd, cout, cout, padding_mode, key=k3)
-        self.skip = None if cin == cout else eqx.nn.Conv(nd, cin, cout, 1, key=k4)
+        self.skip = None if cin == cout else Conv(nd, cin, cout, 1, key=k4)
 
     def __call__(self, x, c):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -167,22 +218,24 @@ class _ResBlock(eqx.Module):
 
 
 class UNetScore(eqx.Module):
-    """A convolutional U-Net for fields of shape `(n,)` (1-D) or `(n1, n2)` (2-D), with
-    periodic (circular) padding by default, FiLM time/parameter conditioning in every
-    residual block, stride-2 downsampling and nearest-neighbour upsampling. Each
-    spatial size must be divisible by `2 ** (len(channels) - 1)`."""
+    """A convolutional U-Net for fields of shape `(n,)` (1-D) or `(n1, n2)` (2-D), or
+    with `fields > 1` several fields on one grid, `(fields, *grid)` (e.g. a concentration
+    and a potential); periodic (circular) padding by default, FiLM time/parameter
+    conditioning in every residual block, stride-2 downsampling and nearest-neighbour
+    upsampling. Each spatial size must be divisible by `2 ** (len(channels) - 1)`."""
 
     spatial_dims: int = eqx.field(static=True)
+    fields: int = eqx.field(static=True)
     channels: tuple[int, ...] = eqx.field(static=True)
     periodic: bool = eqx.field(static=True)
     conditioning: _Conditioning
-    conv_in: eqx.nn.Conv
+    conv_in: Conv
     down: tuple[_ResBlock, ...]
-    downsample: tuple[eqx.nn.Conv, ...]
+    downsample: tuple[Conv, ...]
     mid: _ResBlock
     up: tuple[_ResBlock, ...]
-    upconv: tuple[eqx.nn.Conv, ...]
-    conv_out: eqx.nn.Conv
+    upconv: tuple[Conv, ...]
+    conv_out: Conv
 
     def __init__(
         self,
@@ -191,6 +244,7 @@ class UNetScore(eqx.Module):
         periodic=True,
         time_dim=32,
         cond_dim=0,
+        fields=1,
         *,
         key: PRNGKeyArray,
     ):
@@ -199,9 +253,10 @@ class UNetScore(eqx.Module):
         channels = tuple(int(c) for c in channels)
         nd, mode = spatial_dims, ("CIRCULAR" if periodic else "ZEROS")
         self.spatial_dims, self.channels, self.periodic = nd, channels, bool(periodic)
+        self.fields = int(fields)
         keys = iter(jr.split(key, 4 * len(channels) + 4))
         self.conditioning = _Conditioning(time_dim, cond_dim, key=next(keys))
-        self.conv_in = _conv(nd, 1, channels[0], mode, key=next(keys))
+        self.conv_in = _conv(nd, self.fields, channels[0], mode, key=next(keys))
         self.down = tuple(_ResBlock(nd, c, c, time_dim, mode, key=next(keys)) for c in channels)
         self.downsample = tuple(
             _conv(nd, a, b, mode, key=next(keys), stride=2)
@@ -213,7 +268,7 @@ class UNetScore(eqx.Module):
             for a, b in zip(channels[:-1], channels[1:], strict=True)
         )
         self.up = tuple(_ResBlock(nd, 2 * c, c, time_dim, mode, key=next(keys)) for c in channels)
-        self.conv_out = eqx.nn.Conv(nd, channels[0], 1, 1, key=next(keys))
+        self.conv_out = Conv(nd, channels[0], self.fields, 1, key=next(keys))
 
     def hyperparameters(self) -> dict:
         c = self.conditioning
@@ -223,17 +278,25 @@ class UNetScore(eqx.Module):
             periodic=self.periodic,
             time_dim=c.time_dim,
             cond_dim=c.cond_dim,
+            fields=self.fields,
         )
 
     def __call__(self, x, t, cond=None):
         factor = 2 ** (len(self.channels) - 1)
-        if x.ndim != self.spatial_dims or any(n % factor for n in x.shape):
+        lead = () if self.fields == 1 else (self.fields,)
+        grid = x.shape[len(lead) :]
+        if (
+            x.shape[: len(lead)] != lead
+            or len(grid) != self.spatial_dims
+            or any(n % factor for n in grid)
+        ):
             raise ValueError(
-                f"UNetScore expects a {self.spatial_dims}-D field with sizes divisible by "
-                f"{factor}; got shape {x.shape}."
+                f"UNetScore expects {self.fields} field(s) of shape "
+                f"{lead + ('n',) * self.spatial_dims} with sizes divisible by {factor}; got "
+                f"shape {x.shape}."
             )
         c = self.conditioning(t, cond).astype(x.dtype)
-        h = self.conv_in(x[None])
+        h = self.conv_in(x.reshape(self.fields, *grid))
         skips = []
         for i, block in enumerate(self.down):
             h = block(h, c)
@@ -247,7 +310,7 @@ class UNetScore(eqx.Module):
                     h = jnp.repeat(h, 2, axis=axis)
                 h = self.upconv[i](h)
             h = self.up[i](jnp.concatenate([h, skips[i]]), c)
-        return self.conv_out(h)[0]
+        return self.conv_out(h).reshape(x.shape)
 
 
 def score_function(network, sde: AbstractSDE, cond=None):

@@ -29,6 +29,7 @@ import optax
 from jax import lax
 
 from .._custom_types import Array, Float, PRNGKeyArray
+from ._networks import Conv
 
 
 Step = Callable[[Array, Array], Array]  # step(x, dt) -> x after dt of the physics
@@ -170,16 +171,13 @@ class ResNetScore(eqx.Module):
     is an encoder–decoder of this kind with 5 + 5 blocks, kernel 4, a skip connection and
     dropout; this one keeps its ingredients at a CPU-sized width.)"""
 
-    lift: eqx.nn.Conv2d
-    blocks: tuple[tuple[eqx.nn.Conv2d, eqx.nn.Conv2d], ...]
-    project: eqx.nn.Conv2d
+    lift: Conv
+    blocks: tuple[tuple[Conv, Conv], ...]
+    project: Conv
 
     def __init__(self, channels: int = 32, blocks: int = 4, kernel: int = 3, *, key):
         keys = iter(jr.split(key, 2 * blocks + 2))
-        pad = kernel // 2
-        conv = lambda a, b: eqx.nn.Conv2d(
-            a, b, kernel, padding=pad, padding_mode="CIRCULAR", key=next(keys)
-        )
+        conv = lambda a, b: Conv(2, a, b, kernel, padding_mode="CIRCULAR", key=next(keys))
         self.lift = conv(2, channels)
         self.blocks = tuple(
             (conv(channels, channels), conv(channels, channels)) for _ in range(blocks)

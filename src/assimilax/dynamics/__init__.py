@@ -1,5 +1,13 @@
 """Dynamical models: each advances one member's state from `t0` to `t1`."""
 
+from ._electrode import (
+    ElectrodeDynamics as ElectrodeDynamics,
+    ElectrodeParameters as ElectrodeParameters,
+    electrode_solution as electrode_solution,
+    gp_covariance as gp_covariance,
+    porosity_fields as porosity_fields,
+    sample_conditions as sample_conditions,
+)
 from ._linear import LinearDynamics as LinearDynamics
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96
 from ._shocks import Shocked as Shocked

@@ -7,6 +7,10 @@ from ._dataset import (
     summarise as summarise,
     twin_dataset as twin_dataset,
 )
+from ._electrode import (
+    ElectrodeScaling as ElectrodeScaling,
+    electrode_dataset as electrode_dataset,
+)
 from ._presets import MODELS as MODELS, ModelSetup as ModelSetup, get_model as get_model
 from ._regimes import REGIMES as REGIMES, Regime as Regime, get_regime as get_regime
 from ._registry import (
