@@ -323,3 +323,13 @@ def test_gaussian_residual_is_exact_for_gaussian_data(getkey):
         result = dm.fit(net, data, sde=sde, key=getkey(), steps=20)
     assert np.array_equal(result.network.basis, net.basis)
     assert np.array_equal(result.network.variances, net.variances)
+    # With a mean, on states of any shape: the score of N(m, C), (2, 3) states.
+    mean = jr.normal(getkey(), (d,))
+    net = dm.GaussianResidual(_Zero(jnp.ones(())), sde, cov, mean.reshape(2, 3))
+    t = jnp.asarray(0.3)
+    al, s = sde.alpha(t), sde.sigma(t)
+    exact = -jnp.linalg.solve(al**2 * cov + s**2 * jnp.eye(d), x - al * mean)
+    got = dm.score_function(net, sde)(x.reshape(2, 3), t)
+    assert got.shape == (2, 3) and np.allclose(got.ravel(), exact, rtol=1e-8)
+    with pytest.raises(ValueError, match="mean"):
+        dm.GaussianResidual(_Zero(jnp.ones(())), sde, cov, jnp.zeros(d + 1))

@@ -116,11 +116,17 @@ def test_electrode_dataset_and_scaling_round_trip(tmp_path):
     assert np.allclose(ds["c"].values[5], direct[0]) and np.allclose(ds["phi"].values[5], direct[1])
     back = ax.read_netcdf(ax.write_netcdf(ds, tmp_path / "electrode.nc"))
     assert np.array_equal(back["c"].values, ds["c"].values)
-    scaling = ElectrodeScaling.fit(ds)
-    states = scaling.states(ds)
-    assert np.allclose(states.mean(axis=(0, 2)), 0, atol=1e-9)
-    c, phi = scaling.physical(states)
-    assert np.allclose(c, ds["c"].values) and np.allclose(phi, ds["phi"].values)
+    for residual in (False, True):
+        scaling = ElectrodeScaling.fit(ds, residual=residual)
+        states = scaling.states(ds)
+        assert np.allclose(states.std(axis=(0, 2)), 1)
+        if not residual:
+            assert np.allclose(states.mean(axis=(0, 2)), 0, atol=1e-9)
+        offset = scaling.offset(np.repeat(np.asarray(points), 4, axis=0))
+        c, phi = scaling.physical(states, offset)
+        assert np.allclose(c, ds["c"].values) and np.allclose(phi, ds["phi"].values)
+    # The residual from the mean-porosity solve is much smaller than the spread.
+    assert scaling.std[0] < 0.5 * ElectrodeScaling.fit(ds, residual=False).std[0]
     cond = scaling.dataset_conditions(ds)
     assert np.allclose(cond[0], [np.log(5) / np.log(10), 0.5, 0.5]) and cond.shape == (8, 3)
     with pytest.raises(ValueError, match="operating_points"):

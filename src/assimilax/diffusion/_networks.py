@@ -104,9 +104,9 @@ class MLPScore(eqx.Module):
 
 
 class GaussianResidual(eqx.Module):
-    r"""A noise predictor that is exact for a Gaussian prior $N(0, C)$ and learns only
+    r"""A noise predictor that is exact for a Gaussian prior $N(m, C)$ and learns only
     the departure from it: $\varepsilon(x, t) = \sigma\, U \operatorname{diag}(1 /
-    (\alpha^2\lambda + \sigma^2))\, U^T x + \varepsilon_\theta(x, t)$, with $C = U
+    (\alpha^2\lambda + \sigma^2))\, U^T (x - \alpha m) + \varepsilon_\theta(x, t)$, with $C = U
     \operatorname{diag}(\lambda) U^T$ (the data's covariance) and $\varepsilon_\theta$ any
     network. The Gaussian part is the exact answer for Gaussian data, so a network that
     errs only adds a small residual error; on its own, an MLP on a 128-dimensional state
@@ -115,27 +115,35 @@ class GaussianResidual(eqx.Module):
     wrapper). Like EDM's preconditioning (Karras et al. 2022), with the data's
     covariance in place of a scalar. `U` and `lambda` are not trained (no gradient).
 
-    **Arguments:** `network` (e.g. `MLPScore`), `sde`, `covariance` `(d, d)` of the
-    (standardised) data.
+    **Arguments:** `network` (e.g. `MLPScore`, `UNetScore`), `sde`, `covariance`
+    `(d, d)` of the (standardised) data over its flattened states (any state shape of
+    size `d`), and optionally its `mean` (default 0).
     """
 
     network: eqx.Module
     sde: AbstractSDE
     basis: Float[Array, "d d"]
     variances: Float[Array, " d"]
+    mean: Float[Array, " d"]
 
-    def __init__(self, network, sde: AbstractSDE, covariance):
+    def __init__(self, network, sde: AbstractSDE, covariance, mean=None):
         covariance = jnp.asarray(covariance)
         variances, basis = jnp.linalg.eigh(0.5 * (covariance + covariance.T))
         self.network, self.sde = network, sde
         self.basis, self.variances = basis, jnp.maximum(variances, 0)
+        d = covariance.shape[0]
+        self.mean = jnp.zeros(d, covariance.dtype) if mean is None else jnp.ravel(mean)
+        if self.mean.shape != (d,):
+            raise ValueError(f"`mean` must have {d} entries; got shape {jnp.shape(mean)}.")
 
     def __call__(self, x, t, cond=None):
         basis = jax.lax.stop_gradient(self.basis).astype(x.dtype)
         variances = jax.lax.stop_gradient(self.variances).astype(x.dtype)
+        mean = jax.lax.stop_gradient(self.mean).astype(x.dtype)
         a, s = self.sde.alpha(t).astype(x.dtype), self.sde.sigma(t).astype(x.dtype)
-        gaussian = s * (basis @ ((basis.T @ x) / (a**2 * variances + s**2)))
-        return gaussian + self.network(x, t, cond)
+        centred = jnp.ravel(x) - a * mean
+        gaussian = s * (basis @ ((basis.T @ centred) / (a**2 * variances + s**2)))
+        return gaussian.reshape(x.shape) + self.network(x, t, cond)
 
 
 _PAD_MODES = {"ZEROS": "constant", "CIRCULAR": "wrap", "REPLICATE": "edge", "REFLECT": "reflect"}
