@@ -184,7 +184,9 @@ def pde_references(config, params, time_, key, prior=20000):
 def offsets(refs, scaling):
     """The model's offsets at the held-out operating points and at the sensors' one."""
     refs["offsets"] = scaling.offset(refs["points"])
+    refs["scales"] = scaling.scale(refs["points"])
     refs["sensor_offset"] = scaling.offset(np.asarray(FIGURE_POINT))[0]
+    refs["sensor_scale"] = scaling.scale(np.asarray(FIGURE_POINT))[0]
 
 
 def held_out(config, network, sde, scaling, refs, key):
@@ -195,8 +197,8 @@ def held_out(config, network, sde, scaling, refs, key):
         out, sec_sgm = sample(
             network, sde, cond, config["samples"], config["sample_steps"], jr.fold_in(key, i)
         )
-        offset = refs["offsets"][i]
-        c, phi = scaling.physical(out, offset)
+        offset, scale = refs["offsets"][i], refs["scales"][i]
+        c, phi = scaling.physical(out, offset, scale)
         flat = lambda a: np.asarray(a, np.float64).reshape(len(a), -1)
         row = dict(
             point=point,
@@ -204,7 +206,7 @@ def held_out(config, network, sde, scaling, refs, key):
             sec_sgm=sec_sgm,
             c=compare(c, pde[:, 0]),
             phi=compare(phi, pde[:, 1]),
-            energy=energy_distance(flat(out), flat(scaling.standardise(pde, offset))),
+            energy=energy_distance(flat(out), flat(scaling.standardise(pde, offset, scale))),
         )
         rows.append(row)
         if i == 0:
@@ -260,8 +262,8 @@ def sensor_posterior(config, network, sde, scaling, refs, key):
     pde, truths, prior = refs["prior"], refs["truths"], len(refs["prior"])
     cond = jnp.asarray(scaling.conditions(ell, u0, f), jnp.float32)
     score = score_function(network, sde, cond)
-    offset = refs["sensor_offset"]
-    std = SENSOR_STD / scaling.std[0]
+    offset, scale = refs["sensor_offset"], refs["sensor_scale"]
+    std = SENSOR_STD / scale[0, 0]
     observation = ax.observations.Subsample((2, 100), jnp.asarray(SENSORS), noise_std=std)
     results = {name: dict(cover=[], rmse=[], seconds=0.0) for name in ("reference", "SDA", "SMC")}
     num = config["posterior_samples"]
@@ -280,7 +282,7 @@ def sensor_posterior(config, network, sde, scaling, refs, key):
         )
 
     for i, (truth, y_phys) in enumerate(zip(truths, refs["readings"], strict=True)):
-        y = jnp.asarray((y_phys - offset[0, SENSORS]) / scaling.std[0], jnp.float32)
+        y = jnp.asarray((y_phys - offset[0, SENSORS]) / scale[0, 0], jnp.float32)
         k = jr.fold_in(key, i)
         start = time.perf_counter()
         log_w = -0.5 * (((pde[:, 0, SENSORS] - y_phys) / SENSOR_STD) ** 2).sum(1)
@@ -294,7 +296,7 @@ def sensor_posterior(config, network, sde, scaling, refs, key):
             seconds = time.perf_counter() - start
             x, log_wts = out if name == "SMC" else (out, jnp.zeros(num))
             wts = np.exp(np.asarray(log_wts) - np.max(np.asarray(log_wts)))
-            c, phi = scaling.physical(np.asarray(x), offset)
+            c, phi = scaling.physical(np.asarray(x), offset, scale)
             estimates[name] = (np.stack([c, phi], 1), wts / wts.sum(), seconds)
         for name, (samples, w, seconds) in estimates.items():
             lo = weighted_quantile(samples, w, 0.05)

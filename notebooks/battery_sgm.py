@@ -85,6 +85,7 @@ reference = np.asarray(
     )
 )
 offset = scaling.offset(np.asarray(point))[0]
+scale = scaling.scale(np.asarray(point))[0]
 print(ds.sizes, "model-state std per field:", scaling.std)
 
 # %% [markdown]
@@ -127,7 +128,7 @@ c_point = jnp.asarray(scaling.conditions(*point), jnp.float32)
 score = dm.score_function(result.ema_network, sde, c_point)
 x_init = sde.prior_sample((500, 2, 100), key=jr.key(5), dtype=jnp.float32)
 samples = dm.euler_maruyama(sde, score, x_init, key=jr.key(6), steps=100)
-c_sgm, phi_sgm = scaling.physical(samples, offset)
+c_sgm, phi_sgm = scaling.physical(samples, offset, scale)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 pairs = [(c_sgm, reference[:, 0], 1.0), (phi_sgm, reference[:, 1], 1e3)]
 for a, (sgm, pde, unit) in zip(axes, pairs, strict=True):
@@ -158,12 +159,12 @@ print(f"c: sup mean gap {mean_gap:.2%} of the range; band width ratio {width_rat
 sensors = np.array([10, 35, 60, 85])
 truth = np.asarray(reference[0])
 y_phys = truth[0, sensors] + 0.5 * np.random.default_rng(0).standard_normal(4)
-std = 0.5 / scaling.std[0]
+std = 0.5 / scale[0, 0]
 observation = ax.observations.Subsample((2, 100), jnp.asarray(sensors), noise_std=std)
-y = jnp.asarray((y_phys - offset[0, sensors]) / scaling.std[0], jnp.float32)
+y = jnp.asarray((y_phys - offset[0, sensors]) / scale[0, 0], jnp.float32)
 guided = dm.posterior_score(sde, score, dm.GaussianGuidance(observation, y))
 posterior = dm.euler_maruyama(sde, guided, x_init, key=jr.key(7), steps=100)
-c_post, _ = scaling.physical(posterior, offset)
+c_post, _ = scaling.physical(posterior, offset, scale)
 log_w = -0.5 * (((reference[1:, 0, sensors] - y_phys) / 0.5) ** 2).sum(1)
 w = np.exp(log_w - log_w.max())
 w /= w.sum()

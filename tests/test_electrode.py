@@ -122,8 +122,8 @@ def test_electrode_dataset_and_scaling_round_trip(tmp_path):
         assert np.allclose(states.std(axis=(0, 2)), 1)
         if not residual:
             assert np.allclose(states.mean(axis=(0, 2)), 0, atol=1e-9)
-        offset = scaling.offset(np.repeat(np.asarray(points), 4, axis=0))
-        c, phi = scaling.physical(states, offset)
+        rows = np.repeat(np.asarray(points), 4, axis=0)
+        c, phi = scaling.physical(states, scaling.offset(rows), scaling.scale(rows))
         assert np.allclose(c, ds["c"].values) and np.allclose(phi, ds["phi"].values)
     # The residual from the mean-porosity solve is much smaller than the spread.
     assert scaling.std[0] < 0.5 * ElectrodeScaling.fit(ds, residual=False).std[0]

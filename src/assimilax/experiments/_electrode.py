@@ -82,10 +82,16 @@ class ElectrodeScaling:
       spread before its samples mean anything.
     - `residual=True` (default): the offset is the PDE solved at the mean porosity
       0.35 for the sample's operating point (one solve per operating point), and the
-      model learns the porosity-driven deviations from it, O(1) after scaling.
+      model learns the porosity-driven deviations from it, O(1) after scaling. The
+      potential's deviations are also divided by the applied flux (at least 1 A/m²):
+      the reaction is 1e-7 as strong as the conduction, so φ is nearly proportional to
+      F_right and its spread over porosity is too (measured: std / F within 3x over
+      F = 0.3…47), and without this the low-flux profiles vary 100x less than the
+      model's noise floor.
 
-    Offsets come from `offset(points)` (float64, like every PDE solve); `standardise`
-    and `physical` take them, so sampling can run in float32.
+    Offsets and scales come from `offset(points)` and `scale(points)` (float64, like
+    every PDE solve); `standardise` and `physical` take them, so sampling can run in
+    float32.
     """
 
     residual: bool
@@ -100,9 +106,9 @@ class ElectrodeScaling:
         low, high = np.log(params.length / 50), np.log(params.length / 5)
         fields = np.stack([np.asarray(ds["c"]), np.asarray(ds["phi"])], axis=1)
         mean = tuple(float(m) for m in fields.mean(axis=(0, 2)))
-        plain = cls(False, mean, (1.0, 1.0), (low, high), params)
-        scaling = cls(residual, mean, (1.0, 1.0), (low, high), params)
-        deviation = fields - (scaling if residual else plain).offset(_points(ds))
+        unit = cls(residual, mean, (1.0, 1.0), (low, high), params)
+        points = _points(ds)
+        deviation = unit.standardise(fields, unit.offset(points), unit.scale(points))
         std = tuple(float(s) for s in deviation.std(axis=(0, 2)))
         return cls(residual, mean, std, (low, high), params)
 
@@ -117,18 +123,29 @@ class ElectrodeScaling:
         solve = jax.vmap(lambda p: electrode_solution(eps, p[1], p[2], self.params))
         return np.asarray(jax.jit(solve)(jnp.asarray(points)))
 
+    def scale(self, points) -> np.ndarray:
+        """`(k, 2, 1)` scales for operating points `(k, 3)`: each field's std, the
+        potential's times max(F_right, 1) / 25 in the residual form."""
+        points = np.asarray(points, np.float64).reshape(-1, 3)
+        scale = np.broadcast_to(np.asarray(self.std)[:, None], (len(points), 2, 1)).copy()
+        if self.residual:
+            scale[:, 1, 0] *= np.maximum(points[:, 2], 1.0) / 25.0
+        return scale
+
     def states(self, ds) -> np.ndarray:
         """`(samples, 2, cells)` model states of a dataset."""
         fields = np.stack([np.asarray(ds["c"]), np.asarray(ds["phi"])], axis=1)
-        return self.standardise(fields, self.offset(_points(ds)))
+        points = _points(ds)
+        return self.standardise(fields, self.offset(points), self.scale(points))
 
-    def standardise(self, fields, offset) -> np.ndarray:
-        """Model states from physical `(..., 2, cells)` `[c, phi]` and their offsets."""
-        return (np.asarray(fields) - offset) / np.asarray(self.std)[:, None]
+    def standardise(self, fields, offset, scale) -> np.ndarray:
+        """Model states from physical `(..., 2, cells)` `[c, phi]`, their offsets and
+        scales."""
+        return (np.asarray(fields) - offset) / scale
 
-    def physical(self, states, offset) -> tuple[np.ndarray, np.ndarray]:
+    def physical(self, states, offset, scale) -> tuple[np.ndarray, np.ndarray]:
         """`(c, phi)` in physical units from model states `(..., 2, cells)`."""
-        fields = np.asarray(states, np.float64) * np.asarray(self.std)[:, None] + offset
+        fields = np.asarray(states, np.float64) * scale + offset
         return fields[..., 0, :], fields[..., 1, :]
 
     def conditions(self, length_scale, u0, f_right) -> np.ndarray:
