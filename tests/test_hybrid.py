@@ -78,6 +78,7 @@ def _ks(samples, grid, pdf):
     return stats.kstest(samples, lambda v: np.interp(v, grid, cdf)).statistic
 
 
+@pytest.mark.slow  # 18 s; the default suite keeps the linear and local checks
 def test_square_observation_keeps_both_modes():
     # y = x^2 + e with y = 4: the posterior has modes near +-2. Kernels linearised at
     # each member keep both: the analysis matches the quadrature of the kernel-mixture
