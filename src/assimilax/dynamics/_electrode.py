@@ -37,7 +37,7 @@ import jax.random as jr
 from jax import lax
 
 from .._custom_types import Array, Float, PRNGKeyArray
-from .base import AbstractDynamics
+from .base import AbstractDynamics, substeps
 
 
 class ElectrodeParameters(eqx.Module):
@@ -233,7 +233,5 @@ class ElectrodeDynamics(AbstractDynamics):
     def step(self, x, t0, t1, *, key=None):
         phi = electrode_potential(self.eps, self.u0, self.f_right, self.params)
         source = electrode_source(self.eps, phi, self.u0, self.params)
-        span = jnp.asarray(t1 - t0, x.dtype)
-        n = jnp.maximum(jnp.ceil(span / self.dt - 1e-6).astype(jnp.int32), 0)
-        h = span / jnp.maximum(n, 1).astype(x.dtype)
+        n, h = substeps(jnp.asarray(t0, x.dtype), jnp.asarray(t1, x.dtype), self.dt)
         return implicit_euler(x, self.eps, source, self.params, h, n)
