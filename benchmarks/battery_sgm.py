@@ -23,9 +23,7 @@ datasets as netCDF.
 """
 
 import argparse
-import ast
 import os
-import platform
 import time
 
 import jax
@@ -36,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _common import add_config_arguments, config_from, machine_line  # noqa: E402
 
 import assimilax as ax  # noqa: E402
 from assimilax.diffusion import (  # noqa: E402
@@ -355,7 +354,7 @@ def plot(figure, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the <= 15 min CPU configuration")
+    add_config_arguments(parser)
     parser.add_argument(
         "--recipe", action="store_true", help="c at t = 100 s (the original's data)"
     )
@@ -364,27 +363,11 @@ def main():
         help="the original's normalisation (global means) instead of residuals from the "
         "mean-porosity solve",
     )  # fmt: skip
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a configuration entry, e.g. --set steps=2000",
-    )
     parser.add_argument("--out", default=None, help="folder for the netCDF datasets")
     parser.add_argument("--figure", default="battery_sgm.png")
     args = parser.parse_args()
-    config = dict(CONFIGS["quick" if args.quick else "full"])
-    for item in args.set:
-        name, value = item.split("=", 1)
-        if name not in config:
-            raise SystemExit(f"--set: unknown entry {name!r}; known: {sorted(config)}")
-        config[name] = ast.literal_eval(value)
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs; "
-        f"python {platform.python_version()}; "
-        f"jax {jax.__version__} ({jax.devices()[0].platform}); assimilax {ax.__version__}"
-    )
+    config = config_from(args, CONFIGS)
+    print(machine_line())
     print(
         f"config: {'quick' if args.quick else 'full'} {config}; data: "
         f"{'c at t = 100 s (recipe)' if args.recipe else 'steady state'}; model states: "
