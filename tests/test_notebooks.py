@@ -12,7 +12,7 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
 # The long walk-throughs run in the slow suite.
-SLOW = {"battery_sgm", "score_filters_vs_enkf", "smdp_heat"}
+SLOW = {"battery_sgm", "gbm_diffusion", "score_filters_vs_enkf", "smdp_heat"}
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from ._networks import (
     score_function as score_function,
     time_embedding as time_embedding,
 )
+from ._positive import LogTransform as LogTransform
 from ._samplers import (
     euler_maruyama as euler_maruyama,
     predictor_corrector as predictor_corrector,
@@ -24,11 +25,13 @@ from ._samplers import (
     reverse_em_step as reverse_em_step,
 )
 from ._sde import (
+    GBMSDE as GBMSDE,
     VESDE as VESDE,
     VPSDE as VPSDE,
     AbstractSDE as AbstractSDE,
     CosineVPSDE as CosineVPSDE,
     EnSFSDE as EnSFSDE,
+    ScheduledVESDE as ScheduledVESDE,
     SubVPSDE as SubVPSDE,
     gaussian_score as gaussian_score,
 )

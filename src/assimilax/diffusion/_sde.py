@@ -175,6 +175,98 @@ class EnSFSDE(AbstractSDE):
         return jnp.sqrt(t)
 
 
+_SCHEDULES = ("exponential", "linear", "cosine")
+
+
+class ScheduledVESDE(AbstractSDE):
+    r"""Variance exploding with a chosen *volatility* schedule $\sigma_t$ (Kim, Choi &
+    Kim 2025): $dx = \sigma_t\,dW$, so $\alpha = 1$ and the marginal variance is
+    $V(t) = \int_0^t \sigma_s^2\,ds$ in closed form. With $r = \sigma_{\max}/\sigma_{\min}$:
+
+    - `"exponential"`: $\sigma_t = \sigma_{\min} r^t$, $V = \sigma_{\min}^2 (r^{2t} - 1)/(2\ln r)$;
+    - `"linear"` (linear in variance): $\sigma_t^2 = \sigma_{\min}^2 + (\sigma_{\max}^2 -
+      \sigma_{\min}^2) t$;
+    - `"cosine"`: $\sigma_t = a - b\cos\pi t$ with $a, b = (\sigma_{\max} \pm
+      \sigma_{\min})/2$.
+
+    The reference distribution at `t_max` is $N(0, V(t_{\max}) I)$."""
+
+    schedule: str = eqx.field(static=True)
+    sigma_min: float = eqx.field(static=True)
+    sigma_max: float = eqx.field(static=True)
+    t_min: float = eqx.field(static=True)
+    t_max: float = eqx.field(static=True)
+
+    def __init__(
+        self, schedule="exponential", sigma_min=0.01, sigma_max=1.0, t_min=1e-3, t_max=1.0
+    ):
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {_SCHEDULES}; got {schedule!r}.")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"Need 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}.")
+        self.schedule = schedule
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.t_min, self.t_max = _check_times(t_min, t_max)
+
+    def volatility(self, t):
+        r"""The schedule $\sigma_t$ itself (the diffusion coefficient $g(t)$)."""
+        lo, hi = self.sigma_min, self.sigma_max
+        if self.schedule == "exponential":
+            return lo * (hi / lo) ** t
+        if self.schedule == "linear":
+            return jnp.sqrt(lo**2 + (hi**2 - lo**2) * t)
+        return lo + (hi - lo) * (1 - jnp.cos(math.pi * t)) / 2
+
+    def variance(self, t):
+        r"""$V(t) = \int_0^t \sigma_s^2\,ds$."""
+        lo, hi = self.sigma_min, self.sigma_max
+        if self.schedule == "exponential":
+            log_r = math.log(hi / lo)
+            return lo**2 * jnp.expm1(2 * log_r * t) / (2 * log_r)
+        if self.schedule == "linear":
+            return lo**2 * t + 0.5 * (hi**2 - lo**2) * t**2
+        a, b, w = (hi + lo) / 2, (hi - lo) / 2, math.pi * t
+        return (
+            (a**2 + b**2 / 2) * t
+            - 2 * a * b * jnp.sin(w) / math.pi
+            + b**2 * jnp.sin(2 * w) / (4 * math.pi)
+        )
+
+    def alpha(self, t):
+        return jnp.ones_like(t)
+
+    def sigma(self, t):
+        return jnp.sqrt(self.variance(t))
+
+
+class GBMSDE(ScheduledVESDE):
+    r"""Geometric Brownian motion as the forward process of positive series (Kim, Choi &
+    Kim 2025): $dS = \mu_t S\,dt + \sigma_t S\,dW$ with $\mu_t = \tfrac12\sigma_t^2$. By
+    Itô, $x = \log S$ obeys $dx = \sigma_t\,dW$: the `ScheduledVESDE` on log-prices, which
+    is what the score network sees (`LogTransform("price")` maps prices to its state).
+    The price-space transition is log-normal; its density and score are here for
+    checking and for users who guide in price space."""
+
+    def price_drift(self, s, t):
+        r"""$\mu_t S = \tfrac12\sigma_t^2 S$."""
+        return 0.5 * self.volatility(t) ** 2 * s
+
+    def price_diffusion(self, s, t):
+        r"""$\sigma_t S$."""
+        return self.volatility(t) * s
+
+    def price_log_density(self, s, s0, t):
+        r"""$\log p(S_t = s \mid S_0 = s_0)$ per component: log-normal with
+        $\log S_t \sim N(\log s_0, V(t))$."""
+        v = self.variance(t)
+        z = jnp.log(s) - jnp.log(s0)
+        return -0.5 * z**2 / v - 0.5 * jnp.log(2 * math.pi * v) - jnp.log(s)
+
+    def price_score(self, s, s0, t):
+        r"""$\partial_s \log p(S_t = s \mid S_0 = s_0) = -(1 + (\log s - \log s_0)/V)/s$."""
+        return -(1 + (jnp.log(s) - jnp.log(s0)) / self.variance(t)) / s
+
+
 def gaussian_score(sde: AbstractSDE, mean, covariance):
     r"""The exact score of the noised Gaussian `N(mean, covariance)`:
     $p_t = N(\alpha m, \alpha^2 C + \sigma^2 I)$, so

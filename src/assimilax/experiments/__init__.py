@@ -11,6 +11,11 @@ from ._electrode import (
     ElectrodeScaling as ElectrodeScaling,
     electrode_dataset as electrode_dataset,
 )
+from ._markets import (
+    MARKETS as MARKETS,
+    market_prices as market_prices,
+    price_windows as price_windows,
+)
 from ._presets import MODELS as MODELS, ModelSetup as ModelSetup, get_model as get_model
 from ._regimes import REGIMES as REGIMES, Regime as Regime, get_regime as get_regime
 from ._registry import (
