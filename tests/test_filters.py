@@ -289,6 +289,21 @@ def test_letkf_top_k_is_exact_when_support_fits(getkey):
     assert tree_allclose(dense, sparse, rtol=1e-10, atol=1e-10)
 
 
+def test_letkf_window_search_handles_unsorted_sparse_observations(getkey):
+    """The 1-D neighbour window (binary search over sorted locations) equals the dense
+    analysis with observations every 3rd point, given in shuffled order, wrapping round."""
+    d = 60
+    ens = Ensemble(8 + jr.normal(getkey(), (10, d)))
+    index = jr.permutation(getkey(), jnp.arange(0, d, 3))
+    matrix = jnp.eye(d)[index]
+    obs = LinearObservation(matrix, noise_std=1.0, locations=index[:, None].astype(float))
+    y = 8 + jr.normal(getkey(), (index.size,))
+    dense = LETKF(radius=2.0).update(ens, obs, y, key=getkey())
+    # support |r| < 7.3: at most 3 observations on each side of a point
+    sparse = LETKF(radius=2.0, max_local_observations=7).update(ens, obs, y, key=getkey())
+    assert tree_allclose(dense, sparse, rtol=1e-10, atol=1e-10)
+
+
 def test_letkf_needs_locations(getkey):
     ens = Ensemble(jr.normal(getkey(), (5, 4)))
     obs = LinearObservation(jnp.ones((2, 4)), noise_std=1.0)

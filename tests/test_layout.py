@@ -14,8 +14,8 @@ FLOORS = [
     {"_driver"},
     {"_sinks"},
     {"_assimilate", "_tune"},
-    {"filters", "_streams", "metrics", "diffusion"},
-    {"observations", "_ensemble", "_belief", "_covariance"},
+    {"filters", "_streams", "metrics", "stylized", "diffusion"},
+    {"observations", "_ensemble", "_sharding", "_belief", "_covariance"},
     {"dynamics", "_schema"},
     {"_io", "_checks", "_results", "_custom_types", "_resampling"},
 ]

@@ -20,6 +20,10 @@ _LAZY = {
     "Ensemble": "._ensemble",
     "AbstractEnsembleBelief": "._ensemble",
     "as_ensemble": "._ensemble",
+    "device_mesh": "._sharding",
+    "shard": "._sharding",
+    "initialize_distributed": "._sharding",
+    "cpu_xla_flags": "._sharding",
     "describe": "._io",
     "read_netcdf": "._io",
     "write_netcdf": "._io",
@@ -54,6 +58,7 @@ _SUBPACKAGES = (
     "filters",
     "metrics",
     "observations",
+    "stylized",
 )
 
 
@@ -95,6 +100,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from ._report import report as report
     from ._results import RESULTS as RESULTS
+    from ._sharding import (
+        cpu_xla_flags as cpu_xla_flags,
+        device_mesh as device_mesh,
+        initialize_distributed as initialize_distributed,
+        shard as shard,
+    )
     from ._sinks import (
         AbstractSink as AbstractSink,
         Checkpoint as Checkpoint,

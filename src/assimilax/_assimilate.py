@@ -6,12 +6,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh
 
 from ._belief import AbstractBelief, GaussianBelief
 from ._checks import check_finite, check_shape, is_concrete
 from ._custom_types import Array, Float, Int, PRNGKeyArray, RealScalarLike
 from ._ensemble import Ensemble, as_ensemble
 from ._results import RESULTS
+from ._sharding import constrain, replicate, shard
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
 from .filters import AbstractFilter, AbstractLaggedEnsemble
@@ -80,8 +82,12 @@ def run_cycles(
     result,
     save_ensembles,
     scores,
+    mesh=None,
+    over="members",
 ):
-    """Scan over the records of `observations`; cycle `i` is global cycle `start + i`."""
+    """Scan over the records of `observations`; cycle `i` is global cycle `start + i`.
+    With a `mesh` the belief stays sharded as `over` says and the per-cycle outputs are
+    replicated (`_sharding`)."""
     ndim = len(belief.mean().shape)
 
     def _step(carry, inputs):
@@ -93,6 +99,7 @@ def run_cycles(
         forecast = filter.forecast(belief, dynamics, t_prev, t, key=forecast_key)
         observation = observations.observation_at(noise_std)
         analysis = filter.update(forecast, observation, y, mask, key=update_key)
+        analysis = constrain(analysis, mesh, over)
         mean_f, mean_a = forecast.mean(), analysis.mean()
         # Keep the first failure only.
         bad_f = ~jnp.all(jnp.isfinite(mean_f))
@@ -127,7 +134,8 @@ def run_cycles(
             smoothed = analysis.smoothed()
             out["smoothed_mean"] = smoothed.mean()
             out["smoothed_std"] = jnp.sqrt(smoothed.variance())
-        return (analysis, t, result), out
+        members = {k: out.pop(k) for k in ("ensembles", "forecast_ensembles") if k in out}
+        return (analysis, t, result), {**replicate(out, mesh), **members}
 
     k = observations.times.shape[0]
     cycles = start + jnp.arange(k, dtype=jnp.int32)
@@ -291,6 +299,8 @@ def assimilate(
     save_ensembles: bool = False,
     scores: bool = True,
     throw: bool = True,
+    mesh: Mesh | None = None,
+    over: str = "members",
 ) -> Solution:
     r"""Run a filter through a series of observations: one `jax.lax.scan`, pure and
     jit-able (it writes no file and shows no progress; for that, and for live streams,
@@ -321,6 +331,10 @@ def assimilate(
     - `throw`: raise if the run fails (non-finite forecast or analysis). With
       `throw=False` the failure is returned in `Solution.result` instead, which suits
       runs vmapped over settings.
+    - `mesh`: a device mesh (`assimilax.device_mesh()`) to shard the belief over, its
+      members (`over="members"`) or its first state axis (`over="state"`); the numbers
+      are those of a one-device run up to the order of floating-point sums. In a
+      multi-process run every process calls `assimilate` with the same arguments.
 
     **Returns:** a `Solution`.
 
@@ -344,17 +358,8 @@ def assimilate(
     check_t0(t0, series.times)
     first = jnp.asarray(0, jnp.int32)
     belief, result, out = run_cycles(
-        filter,
-        dynamics,
-        series,
-        belief0,
-        t0,
-        truth,
-        first,
-        key,
-        initial_result(),
-        save_ensembles,
-        scores,
-    )
+        filter, dynamics, series, shard(belief0, mesh, over), t0, truth, first, key,
+        initial_result(), save_ensembles, scores, mesh, over,
+    )  # fmt: skip
     out["times"] = series.times
     return make_solution(out, belief, result, throw)

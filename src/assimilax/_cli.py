@@ -298,7 +298,10 @@ def _sweep_parser(sub) -> None:
     )
     _experiment_arguments(sweep)
     sweep.add_argument(
-        "--precision", default="float64", choices=["float32", "float64"], help="floating point"
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "float64"],
+        help="floating point (auto: float64 below 1e5 state values, float32 above)",
     )
     sweep.add_argument("--out", default=None, help="write the grid to this netCDF file")
     sweep.set_defaults(run=_run_sweep)
@@ -379,9 +382,25 @@ def _model_arguments(parser) -> None:
 def _run_arguments(parser) -> None:
     parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     parser.add_argument(
-        "--precision", default="float64", choices=["float32", "float64"], help="floating point"
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "float64"],
+        help="floating point (auto: float64 below 1e5 state values, float32 above)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=None,
+        help="shard the ensemble members over this many devices (of every process with "
+        "--distributed); the member count must be a multiple",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-process run: join via JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID (or SLURM's variables); process 0 writes the files",
+    )
     parser.add_argument(
         "--no-compilation-cache",
         action="store_true",
@@ -407,8 +426,20 @@ def compilation_cache_dir() -> str | None:
 def _start_jax(args):
     """Configure JAX at the boundary (never at import): precision and the persistent
     compilation cache (compiled loops are reused across runs: ~4x faster start-up)."""
+    if getattr(args, "devices", None):  # before JAX starts its backend
+        from ._sharding import CPU_FLAG
+
+        flags = os.environ.get("XLA_FLAGS", "")
+        if CPU_FLAG not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {CPU_FLAG}".strip()
     import jax
 
+    if getattr(args, "distributed", False):
+        from ._sharding import initialize_distributed
+
+        initialize_distributed()
+    if getattr(args, "precision", "float64") == "auto":
+        args.precision = _auto_precision(args)
     jax.config.update("jax_enable_x64", getattr(args, "precision", "float64") == "float64")
     folder = None if getattr(args, "no_compilation_cache", False) else compilation_cache_dir()
     if folder is not None:
@@ -433,6 +464,23 @@ def _check_memory(needed_bytes: float, what: str) -> None:
             f"machine's {total / 2**30:.3g} GiB allows; use fewer cycles, members or a smaller "
             "--dim."
         )
+
+
+LARGE_STATE = 100_000  # state values from which `--precision auto` means float32
+
+
+def _auto_precision(args) -> str:
+    """float64 for states of fewer than `LARGE_STATE` values (accuracy, the DAPPER
+    comparisons), float32 for larger ones (memory and speed at scale)."""
+    from .experiments import get_model
+
+    try:
+        setup = get_model(getattr(args, "model", None) or "lorenz96")
+    except ValueError:
+        return "float64"  # the bad name is reported where the model is built
+    dim = getattr(args, "dim", None) or setup.default_dim
+    size = float(dim) ** len(setup.initial_state(2).shape)
+    return "float32" if size >= LARGE_STATE else "float64"
 
 
 def _setup(args):
@@ -584,6 +632,7 @@ def _run_assimilate(args) -> int:
             resume=resume,
             max_gap=args.max_gap,
             throw=False,
+            mesh=_mesh(args),
         )
     except NothingToResume:
         print(f"{args.out} is complete: every record was assimilated already", file=sys.stderr)
@@ -702,6 +751,15 @@ def _filter_options(args, names) -> dict[str, dict]:
     return {n: {k: v for k, v in given.items() if k in OPTIONS.get(n, ())} for n in names}
 
 
+def _mesh(args):
+    """The device mesh of `--devices` (None: one device)."""
+    if getattr(args, "devices", None) is None:
+        return None
+    from ._sharding import device_mesh
+
+    return device_mesh(args.devices)
+
+
 def _run_twin(args) -> int:
     from ._io import check_output_paths
 
@@ -760,11 +818,12 @@ def _run_twin(args) -> int:
         progress=not args.no_progress,
         attrs=settings,
         truth_dynamics=None if regime is None else regime.make_truth_dynamics(),
+        mesh=_mesh(args),
     )
     scores = summarise(ds)
     _print_table(names, scores, ds, args.cycles)
     print(f"(time averages after {burn_in} burn-in cycles; cycles/s includes compilation)")
-    if args.out:
+    if args.out and jax.process_index() == 0:  # one writer in a multi-process run
         path = write_netcdf(ds, args.out)
         print(f"wrote {path}", file=sys.stderr)
     bad = [n for n in names if status(scores[n])]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
+from jax.sharding import Mesh
 
 from ._assimilate import (
     Solution,
@@ -23,6 +24,7 @@ from ._assimilate import (
 from ._belief import AbstractBelief
 from ._custom_types import Array, Float, PRNGKeyArray, RealScalarLike
 from ._io import check_output_paths, fingerprint
+from ._sharding import gather, is_main_process, place_like, shard
 from ._sinks import AbstractSink, Checkpoint, ChunkResult, ProgressBar, RunInfo
 from ._streams import ObservationSeries, ObservationStream, batch_records
 from .dynamics import AbstractDynamics
@@ -124,6 +126,8 @@ def assimilate_stream(
     scores: bool = True,
     save_ensembles: bool = False,
     throw: bool = True,
+    mesh: Mesh | None = None,
+    over: str = "members",
 ) -> Solution:
     r"""Run a filter through a series or a live stream in chunks, handing each chunk's
     results to `sinks`; continue an interrupted run from its checkpoint.
@@ -152,6 +156,8 @@ def assimilate_stream(
       warning.
     - `max_gap`: the longest allowed time between observations (default: 1000 times
       the series' median gap; streams: no limit unless given).
+    - `mesh`, `over`: shard the belief over devices (as `assimilate`); in a multi-process
+      run process 0 writes the files, all processes a sharded checkpoint (orbax).
 
     **Returns:** a `Solution` over the records this call assimilated.
     """
@@ -160,14 +166,12 @@ def assimilate_stream(
         filter, dynamics, observations, belief0, key, t0, truth, sinks, chunk_size, resume,
         max_gap, save_ensembles,
     )  # fmt: skip
-    k = None if is_stream else len(observations)
-    typical = None if is_stream or k < 2 else float(np.median(np.diff(observations.times)))
-    operator = observations.observation
-    run_id = dict(fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key))
+    k, typical = _length_and_gap(observations, is_stream)
+    run_id = _run_id(filter, dynamics, observations.observation, key)
 
     # Where to start: the beginning or a checkpoint ------------------------------------
     resume = resume and _has_checkpoint(checkpoint)
-    carry, start, meta = (belief0, t0, initial_result()), 0, {}
+    carry, start, meta = (shard(belief0, mesh, over), t0, initial_result()), 0, {}
     if resume:
         carry, start, meta = _load(checkpoint, carry, run_id)
     elif checkpoint is not None:
@@ -194,7 +198,7 @@ def assimilate_stream(
         first = jnp.asarray(lo, jnp.int32)
         belief, result, out = run_cycles(
             filter, dynamics, chunk, belief, t_start, truth_chunk, first, key, result,
-            save_ensembles, scores,
+            save_ensembles, scores, mesh, over,
         )  # fmt: skip
         out["times"] = chunk.times
         return (belief, chunk.times[-1], result), out
@@ -205,6 +209,18 @@ def assimilate_stream(
         raise ValueError("`observations` holds no records to assimilate.")
     out = jtu.tree_map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *outputs)
     return make_solution(out, carry[0], carry[2], throw)
+
+
+def _length_and_gap(observations, is_stream: bool):
+    """The number of records (None for a stream) and the median gap between them."""
+    k = None if is_stream else len(observations)
+    typical = None if is_stream or k < 2 else float(np.median(np.diff(observations.times)))
+    return k, typical
+
+
+def _run_id(filter, dynamics, operator, key) -> dict:
+    """What identifies a run for its checkpoint: the settings' fingerprint and the key."""
+    return dict(fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key))
 
 
 def _checked(
@@ -253,6 +269,8 @@ def _ordered_sinks(sinks) -> tuple[tuple[AbstractSink, ...], Checkpoint | None]:
         raise ValueError("`sinks` holds more than one Checkpoint.")
     sinks = tuple(s for s in sinks if not isinstance(s, Checkpoint)) + tuple(checkpoints)
     check_output_paths([(type(s).__name__, p) for s in sinks for p in s.paths()], [])
+    # Multi-process runs: files are written once, by process 0 (checkpoints: by all).
+    sinks = tuple(s for s in sinks if s.every_process or is_main_process())
     return sinks, (checkpoints[0] if checkpoints else None)
 
 
@@ -272,8 +290,10 @@ def _has_checkpoint(checkpoint: Checkpoint) -> bool:
 
 
 def _load(checkpoint: Checkpoint, like, run_id: dict):
-    """`(carry, records done, meta)` from the checkpoint, refusing another run's."""
+    """`(carry, records done, meta)` from the checkpoint, refusing another run's; the
+    belief laid out as `like`'s (a file checkpoint is read to the host)."""
     carry, meta = checkpoint.load(like)
+    carry = (place_like(carry[0], like[0]), *carry[1:])
     for name, what in (("fingerprint", "filter, model or observation operator"), ("key", "key")):
         if meta.get(name) != run_id[name]:
             raise ValueError(
@@ -314,7 +334,7 @@ def _drive(step, carry, chunks, sinks, info: RunInfo, digest):
             done = lo + len(chunk)
             sha = None if digest is None else digest.hexdigest()
             meta = dict(info.run_id, records=done, records_sha256=sha)
-            out = jax.device_get(out) if sinks else out
+            out = gather(out) if sinks else out
             result = ChunkResult(lo, done, out, carry, meta)
             outputs.append(out)
             for sink in sinks:

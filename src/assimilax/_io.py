@@ -28,10 +28,15 @@ def netcdf_safe(attrs: dict) -> dict:
     return out
 
 
+# The file that marks a folder as a sharded checkpoint (`_sinks.save_sharded_checkpoint`).
+SHARDED_CHECKPOINT_MARKER = "assimilax-checkpoint.json"
+
+
 def _writable_folder(path: Path, what: str) -> Path:
-    """The folder of file `path`, or a `ValueError` if `path` is a folder or its folder
-    does not exist (it is not created: a typo would silently scatter files)."""
-    if path.is_dir():
+    """The folder of file `path`, or a `ValueError` if `path` is a folder (other than a
+    sharded checkpoint's) or its folder does not exist (it is not created: a typo would
+    silently scatter files)."""
+    if path.is_dir() and not (path / SHARDED_CHECKPOINT_MARKER).is_file():
         raise ValueError(f"{what} {str(path)!r} is a folder; give a file name.")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

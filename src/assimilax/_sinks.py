@@ -20,10 +20,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import numpy as np
 
 from . import _schema
-from ._io import atomic_write, netcdf_safe
+from ._io import SHARDED_CHECKPOINT_MARKER, atomic_write, netcdf_safe
+from ._sharding import is_main_process
 
 
 # Interrupts -------------------------------------------------------------------------
@@ -179,7 +181,10 @@ _MAGIC = b"ASSIMILAX-CHECKPOINT-1\n"
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """True if `path` is a file that starts like an assimilax checkpoint."""
+    """True if `path` is a file that starts like an assimilax checkpoint, or a sharded
+    checkpoint's directory."""
+    if Path(path).is_dir():
+        return (Path(path) / SHARDED_CHECKPOINT_MARKER).is_file()
     try:
         with open(path, "rb") as f:
             return f.read(len(_MAGIC)) == _MAGIC
@@ -229,6 +234,82 @@ def load_checkpoint(path: str | os.PathLike, like) -> tuple[object, dict]:
     return tree, meta
 
 
+# Sharded checkpoints (a belief spread over processes) ------------------------------
+
+
+def is_spread(tree) -> bool:
+    """Whether any array of `tree` lives partly on another process."""
+    return any(
+        isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)
+    )
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise ImportError(
+            "Checkpoints of a belief spread over processes need orbax-checkpoint: pip "
+            "install 'assimilax[distributed]'."
+        ) from None
+    return ocp
+
+
+def _host_or_global(x):
+    """Arrays spread over processes stay global (each process writes its shards); the
+    rest (replicated scalars, the run's status) go as host numpy arrays."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x
+    return np.asarray(x)
+
+
+def save_sharded_checkpoint(path: str | os.PathLike, tree, meta: Mapping[str, object]) -> Path:
+    """Write `tree`'s arrays and `meta` with `orbax-checkpoint` into the directory `path`
+    (atomic: orbax writes a temporary directory and renames it). Called by every
+    process of the run."""
+    ocp = _orbax()
+    path = Path(path).absolute()
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+    arrays = {str(i): _host_or_global(x) for i, x in enumerate(leaves)}
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(dict(meta))
+    )
+    with deferred_interrupts(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(path, args, force=True)
+    if jax.process_index() == 0:
+        (path / SHARDED_CHECKPOINT_MARKER).write_text(json.dumps({"leaves": len(leaves)}))
+    return path
+
+
+def load_sharded_checkpoint(path: str | os.PathLike, like) -> tuple[object, dict]:
+    """Read a checkpoint of `save_sharded_checkpoint` into the structure and the
+    shardings of `like`: returns `(tree, meta)`."""
+    ocp = _orbax()
+    path = Path(path).absolute()
+    if not is_checkpoint(path):
+        raise ValueError(f"No sharded checkpoint {str(path)!r} to resume from.")
+    arrays, static = eqx.partition(like, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    target = {
+        str(i): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable
+        else np.asarray(x)
+        for i, x in enumerate(leaves)
+    }
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(path, args)
+    except Exception as e:
+        raise ValueError(
+            f"The sharded checkpoint {str(path)!r} does not match this run's belief "
+            f"(another filter, model, ensemble size or device layout?): {e}"
+        ) from None
+    state = restored["state"]
+    tree = jax.tree.unflatten(treedef, [state[str(i)] for i in range(len(leaves))])
+    return eqx.combine(tree, static), dict(restored["meta"])
+
+
 # The sinks --------------------------------------------------------------------------
 
 
@@ -260,7 +341,11 @@ class ChunkResult:
 
 class AbstractSink(abc.ABC):
     """Receives each chunk of a driven run. Sinks own files and terminals, so they are
-    plain Python objects, not pytrees; they never change the numbers."""
+    plain Python objects, not pytrees; they never change the numbers. In a
+    multi-process run only process 0 drives a sink, unless `every_process` is True
+    (a sink whose writes are collective, as a sharded checkpoint's)."""
+
+    every_process: bool = False
 
     def paths(self) -> list[Path]:
         """Files this sink writes (checked against the inputs and each other)."""
@@ -354,7 +439,14 @@ class Checkpoint(AbstractSink):
     identity every `every` records (at the end of the first chunk at or past each
     multiple; None: only when the run stops) and when the run stops for any reason,
     atomically: nothing already assimilated is lost. `assimilate_stream(...,
-    resume=True)` continues from it."""
+    resume=True)` continues from it.
+
+    A belief spread over several processes (a multi-process sharded run) is saved by
+    all of them with `orbax-checkpoint` into the directory `path` (each process writes
+    its own shards; restored with the same layout); otherwise the checkpoint is one
+    file."""
+
+    every_process = True
 
     def __init__(self, path, every: int | None = None):
         if every is not None and not (isinstance(every, int) and every >= 1):
@@ -376,14 +468,20 @@ class Checkpoint(AbstractSink):
             )
 
     def load(self, like) -> tuple[object, dict]:
+        if is_spread(like):
+            return load_sharded_checkpoint(self.path, like)
         return load_checkpoint(self.path, like)
 
     def start(self, info):
-        self._lock.acquire()
+        if is_main_process():
+            self._lock.acquire()
         self._saved = info.start
 
     def _save(self, chunk):
-        save_checkpoint(self.path, chunk.state, chunk.meta)
+        if is_spread(chunk.state):
+            save_sharded_checkpoint(self.path, chunk.state, chunk.meta)
+        elif is_main_process():
+            save_checkpoint(self.path, chunk.state, chunk.meta)
         self._saved = chunk.done
 
     def write(self, chunk):
@@ -396,7 +494,8 @@ class Checkpoint(AbstractSink):
             if last is not None and last.done > self._saved:
                 self._save(last)
         finally:
-            self._lock.release()
+            if is_main_process():
+                self._lock.release()
 
 
 class ProgressBar(AbstractSink):

@@ -37,6 +37,8 @@ def twin_experiment(
     progress: bool | None = False,
     attrs: Mapping[str, object] | None = None,
     truth_dynamics: AbstractDynamics | None = None,
+    mesh=None,
+    over: str = "members",
 ):
     r"""Run a twin experiment and return its results as an `xarray.Dataset`.
 
@@ -66,7 +68,9 @@ def twin_experiment(
     between runs with equal seeds). Settings, including `burn_in` (in cycles), are
     attributes. Time-averaged scores: `summarise(ds)`. `progress`: show progress bars
     (None: when interactive). `truth_dynamics` (default `dynamics`) runs the truth only,
-    e.g. `dynamics.Shocked(...)`: a model error the filters do not know.
+    e.g. `dynamics.Shocked(...)`: a model error the filters do not know. `mesh`, `over`:
+    shard every filter's belief over devices (as `assimilate`; in a multi-process run
+    every process calls this and gets the same dataset).
     """
     _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std)
     truth, series, ensemble, run_key = twin_inputs(
@@ -74,7 +78,9 @@ def twin_experiment(
         obs_interval=obs_interval, x0=x0, spinup_time=spinup_time, init_std=init_std,
         init_length_scale=init_length_scale, truth_dynamics=truth_dynamics,
     )  # fmt: skip
-    solutions, seconds = _run_filters(filters, dynamics, series, ensemble, truth, run_key, progress)
+    solutions, seconds = _run_filters(
+        filters, dynamics, series, ensemble, truth, run_key, progress, dict(mesh=mesh, over=over)
+    )
     settings = {
         "cycles": cycles,
         "obs_interval": obs_interval,
@@ -146,7 +152,7 @@ def _check_inputs(filters, members, cycles, burn_in, obs_interval, init_std) -> 
         raise ValueError(f"`init_std` must be positive and finite; got {init_std}.")
 
 
-def _run_filters(filters, dynamics, series, ensemble, truth, key, progress):
+def _run_filters(filters, dynamics, series, ensemble, truth, key, progress, layout):
     """Each filter's `Solution` on the same observations, initial ensemble and key,
     and its wall-clock seconds (compilation included)."""
     solutions, seconds = {}, []
@@ -154,7 +160,7 @@ def _run_filters(filters, dynamics, series, ensemble, truth, key, progress):
         start = time.perf_counter()
         belief0 = flt.init(ensemble, key=key)
         sinks = progress_sinks(progress, name)
-        run = dict(key=key, truth=truth, throw=False)
+        run = dict(key=key, truth=truth, throw=False, **layout)
         if sinks:
             sol = assimilate_stream(flt, dynamics, series, belief0, sinks=sinks, **run)
         else:

@@ -74,23 +74,60 @@ class LETKF(AbstractEnsembleFilter):
         k = self.max_local_observations
         if k is not None:
             k = min(k, observation.obs_dim)
+        window = None
+        if k is not None and len(belief.state_shape) == 1 and k < observation.obs_dim:
+            window = nearest_window(observation.locations()[:, 0].astype(dtype), k)
 
         def local_analysis(point, anomalies):
-            taper = taper_at(point)
             if k is None:
+                taper = taper_at(point)
                 s, innovation = terms.obs_anomalies, terms.innovation
             else:
-                taper, nearest = lax.top_k(taper, k)
+                if window is None:  # the k largest tapers among all observations
+                    taper, nearest = lax.top_k(taper_at(point), k)
+                else:  # the k nearest on a line: O(k) per point, not O(m)
+                    nearest = window(point[0])
+                    taper = taper_at(point, nearest)
                 s = terms.obs_anomalies[:, nearest]
                 innovation = terms.innovation[nearest]
             root = taper_root(taper)
             w, t = transform(s * root[None], innovation * root)
             return (w[None] + t) @ anomalies
 
-        increments = jax.vmap(local_analysis, in_axes=(0, 1), out_axes=1)(grid, terms.anomalies)
+        # Large grids go in batches of grid points: memory O(batch (m + n) n), not O(d n^2).
+        if grid.shape[0] <= LOCAL_BATCH:
+            increments = jax.vmap(local_analysis, in_axes=(0, 1), out_axes=1)(grid, terms.anomalies)
+        else:
+            increments = lax.map(
+                lambda args: local_analysis(*args),
+                (grid, terms.anomalies.T),
+                batch_size=LOCAL_BATCH,
+            ).T
         analysis = terms.mean[None] + increments
         forecast = flatten_members(belief.members)
         return unflatten(self.inflation(forecast, analysis), belief)
+
+
+# Grid points whose local analyses run together (one vmap); larger grids loop over batches.
+LOCAL_BATCH = 4096
+
+
+def nearest_window(locations: Float[Array, " m"], k: int) -> Callable:
+    """For observations at positions `locations` on a line: the function giving, for a
+    position `x`, the indices of the `k` observations nearest to it in sorted order
+    (`k // 2` on each side, wrapping around), by a binary search: the same set as the
+    `k` largest tapers whenever at most `k // 2` observations on either side of `x`
+    lie within the taper's support."""
+    order = jnp.argsort(locations)
+    ordered = locations[order]
+    offsets = jnp.arange(k, dtype=jnp.int32) - k // 2
+    m = locations.shape[0]
+
+    def window(x: Float[Array, ""]) -> Array:
+        centre = jnp.searchsorted(ordered, x).astype(jnp.int32)
+        return order[(centre + offsets) % m]
+
+    return window
 
 
 def taper_root(taper: Array) -> Array:
@@ -104,8 +141,9 @@ def local_tapers(
     localisation: GaspariCohn, observation, state_shape: tuple[int, ...], periodic: bool, dtype
 ) -> tuple[Float[Array, "d ndim"], Callable]:
     """The grid points' coordinates (rows: flattened grid points) and the function giving
-    the taper of every observation at one of them, from the distances between grid
-    indices and `observation.locations()` (periodic in each axis if `periodic`)."""
+    the taper of every observation (or of those at `index`) at one of them, from the
+    distances between grid indices and `observation.locations()` (periodic in each axis
+    if `periodic`)."""
     locations = observation.locations()
     if locations is None:
         raise TypeError(
@@ -121,7 +159,8 @@ def local_tapers(
     locations = locations.astype(dtype)
     domain = state_shape if periodic else None
 
-    def taper_at(point: Float[Array, " ndim"]) -> Float[Array, " m"]:
-        return localisation(periodic_distance(point[None], locations, domain))
+    def taper_at(point: Float[Array, " ndim"], index=None) -> Float[Array, " m"]:
+        near = locations if index is None else locations[index]
+        return localisation(periodic_distance(point[None], near, domain))
 
     return grid, taper_at
