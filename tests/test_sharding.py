@@ -109,6 +109,7 @@ def test_no_quadratic_memory_at_a_million_variables(name):
     assert memory.output_size_in_bytes < 4 * ensemble_bytes
 
 
+@pytest.mark.slow
 def test_cli_devices_flag_gives_the_same_twin(tmp_path):
     """`assimilax twin --devices 4` on 4 virtual devices writes the one-device numbers."""
     env = dict(os.environ, XLA_FLAGS=ax.cpu_xla_flags(4))
