@@ -5,9 +5,8 @@
     python benchmarks/scaling.py --devices 1      # e.g. one GPU
 
 Without an accelerator the script re-runs itself with virtual CPU devices, as many as
-cores up to 4 (`XLA_FLAGS` from `assimilax.cpu_xla_flags`; more virtual devices than
-cores hang XLA:CPU's collectives at these sizes); they share the cores, so there the
-table is a correctness check (the analysis on n devices against one), not a speed
+cores up to 4 (`XLA_FLAGS` from `assimilax.cpu_xla_flags`); they share the cores, so
+there the table is a correctness check (the analysis on n devices against one), not a speed
 claim. Cases: Lorenz-96 with the LETKF (1-D neighbour search, `max_local_observations`;
 grid points split over devices) and the EnSF (members split); 2-D Navier-Stokes with the
 LETKF at N = 40 (grid rows split). Strong scaling: the same problem on 1, 2, 4 devices; weak
@@ -96,8 +95,8 @@ def main():
     parser.add_argument(
         "--devices",
         default=None,
-        help="device counts to run on (default 1,2,4; on CPU at most the core count: more "
-        "virtual devices than cores hang XLA:CPU's collectives)",
+        help="device counts to run on (default 1,2,4; on CPU at most the core count, "
+        "as virtual devices share the cores)",
     )
     parser.add_argument("--cycles", type=int, default=5)
     args = parser.parse_args()

@@ -823,7 +823,9 @@ def _run_twin(args) -> int:
     scores = summarise(ds)
     _print_table(names, scores, ds, args.cycles)
     print(f"(time averages after {burn_in} burn-in cycles; cycles/s includes compilation)")
-    if args.out and jax.process_index() == 0:  # one writer in a multi-process run
+    from ._sharding import is_main_process
+
+    if args.out and is_main_process():  # one writer in a multi-process run
         path = write_netcdf(ds, args.out)
         print(f"wrote {path}", file=sys.stderr)
     bad = [n for n in names if status(scores[n])]

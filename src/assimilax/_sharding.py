@@ -70,15 +70,6 @@ def _warn_cpu(devices) -> None:
             f"'{cpu_xla_flags(len(devices))}' (assimilax.cpu_xla_flags).",
             stacklevel=3,
         )
-    cores = os.cpu_count() or 1
-    if len(devices) > cores:
-        warnings.warn(
-            f"Sharding over {len(devices)} virtual CPU devices on {cores} cores: XLA:CPU "
-            "runs the devices on one thread per core, and a collective that waits for a "
-            "device with no thread left hangs (seen beyond ~10^3 state values). Use at "
-            f"most {cores} devices for large problems.",
-            stacklevel=3,
-        )
 
 
 def _spec(leaf, n: int, size: int, over: str) -> PartitionSpec:
@@ -152,12 +143,19 @@ def replicate(tree, mesh: Mesh | None):
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def is_spread(tree) -> bool:
+    """Whether any array of `tree` (or the array `tree`) lives partly on another process."""
+    return any(
+        isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)
+    )
+
+
 def gather(tree):
     """Host numpy copies of `tree`'s arrays, gathered from every process when an array
     is spread over several (multi-process runs); a no-op copy otherwise."""
 
     def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if is_spread(x):
             from jax.experimental import multihost_utils
 
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))

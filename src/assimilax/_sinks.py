@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _schema
 from ._io import SHARDED_CHECKPOINT_MARKER, atomic_write, netcdf_safe
-from ._sharding import is_main_process
+from ._sharding import is_main_process, is_spread
 
 
 # Interrupts -------------------------------------------------------------------------
@@ -237,13 +237,6 @@ def load_checkpoint(path: str | os.PathLike, like) -> tuple[object, dict]:
 # Sharded checkpoints (a belief spread over processes) ------------------------------
 
 
-def is_spread(tree) -> bool:
-    """Whether any array of `tree` lives partly on another process."""
-    return any(
-        isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)
-    )
-
-
 def _orbax():
     try:
         import orbax.checkpoint as ocp
@@ -258,9 +251,7 @@ def _orbax():
 def _host_or_global(x):
     """Arrays spread over processes stay global (each process writes its shards); the
     rest (replicated scalars, the run's status) go as host numpy arrays."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return x
-    return np.asarray(x)
+    return x if is_spread(x) else np.asarray(x)
 
 
 def save_sharded_checkpoint(path: str | os.PathLike, tree, meta: Mapping[str, object]) -> Path:
@@ -292,7 +283,7 @@ def load_sharded_checkpoint(path: str | os.PathLike, like) -> tuple[object, dict
     leaves, treedef = jax.tree.flatten(arrays)
     target = {
         str(i): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-        if isinstance(x, jax.Array) and not x.is_fully_addressable
+        if is_spread(x)
         else np.asarray(x)
         for i, x in enumerate(leaves)
     }
