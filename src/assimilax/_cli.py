@@ -757,7 +757,10 @@ def _mesh(args):
         return None
     from ._sharding import device_mesh
 
-    return device_mesh(args.devices)
+    try:
+        return device_mesh(args.devices)
+    except ValueError as e:
+        raise ValueError(f"--devices: {e}") from None
 
 
 def _run_twin(args) -> int:
