@@ -22,11 +22,73 @@ posterior mean, seconds. Prints tables; saves `battery_sgm.png` and, with `--out
 datasets as netCDF.
 """
 
-import argparse
 import os
 import time
 
-import jax
+from _common import (
+    DECAY,
+    EVEN_POSITIVE_INT,
+    FOLDER,
+    OUTPUT_FILE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    UNET_CHANNELS,
+    Parser,
+    add_config_arguments,
+    check_unet,
+    config_from,
+    integer,
+    machine_line,
+)
+
+
+CONFIGS = {
+    "quick": dict(channels=(32, 64), time_dim=32, steps=2400, batch=256, lr=2e-3, ema=0.995,
+                  sample_steps=100, held_out=10, samples=1000, trials=5, posterior_samples=500),
+    "full": dict(channels=(64, 128, 128), time_dim=64, steps=60000, batch=1024, lr=2e-4,
+                 ema=0.999, sample_steps=1000, held_out=20, samples=1000, trials=40,
+                 posterior_samples=1000),
+}  # fmt: skip
+KINDS = dict(
+    channels=UNET_CHANNELS,
+    time_dim=EVEN_POSITIVE_INT,
+    steps=POSITIVE_INT,
+    batch=POSITIVE_INT,
+    lr=POSITIVE_FLOAT,
+    ema=DECAY,
+    sample_steps=POSITIVE_INT,
+    held_out=POSITIVE_INT,
+    samples=integer(2),  # bands and variances of the samples
+    trials=POSITIVE_INT,
+    posterior_samples=integer(2),
+)
+CELLS = 100  # the electrode's grid (ElectrodeParameters)
+
+PARSER = Parser(description=__doc__.splitlines()[0])
+add_config_arguments(PARSER, CONFIGS, KINDS)
+PARSER.add_argument("--recipe", action="store_true", help="c at t = 100 s (the original's data)")
+PARSER.add_argument(
+    "--plain", action="store_true",
+    help="the original's normalisation (global means) instead of residuals from the "
+    "mean-porosity solve",
+)  # fmt: skip
+PARSER.add_argument("--out", type=FOLDER, default=None, help="folder for the netCDF datasets")
+PARSER.add_argument("--figure", type=OUTPUT_FILE, default="battery_sgm.png")
+
+
+def parse_arguments():
+    """The arguments and the configuration, checked before the imports below (seconds): a
+    bad one is one line on stderr and exit code 2."""
+    args = PARSER.parse_args()
+    config = config_from(args, CONFIGS)
+    check_unet(PARSER, config["channels"], CELLS, f"the {CELLS} cells")
+    return args, config
+
+
+if __name__ == "__main__":
+    ARGS, CONFIG = parse_arguments()
+
+import jax  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)  # the PDE needs float64 (see dynamics._electrode)
@@ -34,7 +96,6 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _common import add_config_arguments, config_from, machine_line  # noqa: E402
 
 import assimilax as ax  # noqa: E402
 from assimilax.diffusion import (  # noqa: E402
@@ -55,13 +116,6 @@ from assimilax.dynamics import (  # noqa: E402
 from assimilax.experiments import ElectrodeScaling, electrode_dataset  # noqa: E402
 
 
-CONFIGS = {
-    "quick": dict(channels=(32, 64), time_dim=32, steps=2400, batch=256, lr=2e-3, ema=0.995,
-                  sample_steps=100, held_out=10, samples=1000, trials=5, posterior_samples=500),
-    "full": dict(channels=(64, 128, 128), time_dim=64, steps=60000, batch=1024, lr=2e-4,
-                 ema=0.999, sample_steps=1000, held_out=20, samples=1000, trials=40,
-                 posterior_samples=1000),
-}  # fmt: skip
 FIGURE_POINT = (1e-5, 0.0, 25.0)  # length L/10, U0, F_right: the article's figure
 SENSORS = np.array([10, 35, 60, 85])  # cells where c is read
 SENSOR_STD = 0.5  # mol/m^3 (the within-condition spread of c is ~2)
@@ -352,21 +406,7 @@ def plot(figure, path):
     fig.savefig(path, dpi=120)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--recipe", action="store_true", help="c at t = 100 s (the original's data)"
-    )
-    parser.add_argument(
-        "--plain", action="store_true",
-        help="the original's normalisation (global means) instead of residuals from the "
-        "mean-porosity solve",
-    )  # fmt: skip
-    parser.add_argument("--out", default=None, help="folder for the netCDF datasets")
-    parser.add_argument("--figure", default="battery_sgm.png")
-    args = parser.parse_args()
-    config = config_from(args, CONFIGS)
+def main(args, config):
     print(machine_line())
     print(
         f"config: {'quick' if args.quick else 'full'} {config}; data: "
@@ -397,4 +437,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS, CONFIG)

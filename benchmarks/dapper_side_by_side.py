@@ -20,12 +20,36 @@ table gives the mean RMSE over seeds and the RMSE pair of each seed, and cycles 
 second over all seeds.
 """
 
-import argparse
 import os
 import platform
 import time
 
-import jax
+from _common import NAME, POSITIVE_FLOAT, SEED, Parser, listing, require
+
+
+PARSER = Parser(description=__doc__.splitlines()[0])
+PARSER.add_argument("--scale", type=POSITIVE_FLOAT, default=1.0, help="multiply every run length")
+PARSER.add_argument("--seeds", type=listing(SEED), default="1,2,3", help="comma-separated seeds")
+PARSER.add_argument(
+    "--only",
+    type=listing(NAME),
+    default=None,
+    help="comma-separated: run the cases whose label contains one",
+)
+
+
+def parse_arguments():
+    """The arguments, checked before the imports below (seconds): a bad one, or a missing
+    DAPPER, is one line on stderr and exit code 2."""
+    args = PARSER.parse_args()
+    require(PARSER, "dapper")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_arguments()
+
+import jax  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
@@ -174,15 +198,10 @@ def _dapper(method, HMM, xx, yy, seed):
     return float(xp.avrgs.err.rms.a.val), seconds
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every run length")
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
-    parser.add_argument(
-        "--only", default=None, help="comma-separated: run the cases whose label contains one"
-    )
-    args = parser.parse_args()
-
+def main(args):
+    missing = [part for part in args.only or () if not any(part in c[1] for c in CASES)]
+    if missing:
+        PARSER.error(f"--only: no case label contains {missing[0]!r}")
     print(
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; python {platform.python_version()}"
@@ -191,7 +210,7 @@ def main():
         f"versions: assimilax {ax.__version__}, jax {jax.__version__} "
         f"({jax.devices()[0].platform}), dapper {dpr.__version__}, numpy {np.__version__}"
     )
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     header = (
         f"{'model':<9} {'case':<40} {'cycles':>6} {'rmse DAPPER':>11} {'rmse ours':>9} "
         f"{'diff':>6} {'c/s DAPPER':>10} {'c/s ours':>9} {'speed-up':>8} {'compile':>7}  "
@@ -200,7 +219,7 @@ def main():
     print(header)
     print("-" * len(header))
     for model, label, dapper_method, ours, members, cycles in CASES:
-        if args.only and not any(part in label for part in args.only.split(",")):
+        if args.only and not any(part in label for part in args.only):
             continue
         cycles = max(int(cycles * args.scale), 50)
         rmse_d, rmse_o, sec_d, sec_o, compile_o = [], [], 0.0, 0.0, 0.0
@@ -234,4 +253,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

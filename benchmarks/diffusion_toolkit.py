@@ -6,15 +6,16 @@ second, for a d=40 vector state (MLP) and a 1 x 128 periodic field (1-D U-Net).
 Timings are of compiled functions (compile time printed separately), min of 2 runs.
 """
 
-import argparse
 import os
 import platform
 import time
 
-import jax
+from _common import POSITIVE_INT, Parser
 
 
 def _timed(fn, *args):
+    import jax
+
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - start
@@ -28,6 +29,7 @@ def _timed(fn, *args):
 
 def _row(name, shape, net, sde, samples, args):
     import equinox as eqx
+    import jax
     import jax.random as jr
 
     from assimilax import diffusion as dm
@@ -58,10 +60,12 @@ def _row(name, shape, net, sde, samples, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--float64", action="store_true")
-    parser.add_argument("--steps", type=int, default=100, help="reverse-time steps")
+    parser.add_argument("--steps", type=POSITIVE_INT, default=100, help="reverse-time steps")
     args = parser.parse_args()
+    import jax
+
     jax.config.update("jax_enable_x64", args.float64)
     import equinox as eqx
     import jax.random as jr

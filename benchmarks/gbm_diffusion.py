@@ -22,27 +22,25 @@ band), the mean |ACF of r| at lags 1-10, the coarse-fine volatility asymmetry, a
 gain/loss first-passage modes. Prints the table; saves `gbm_diffusion.png`.
 """
 
-import argparse
 import time
 
-import jax
-import jax.numpy as jnp
-import jax.random as jr
-import numpy as np
-import optax
-from _common import add_config_arguments, config_from, machine_line
-
-from assimilax import stylized
-from assimilax.diffusion import (
-    VPSDE,
-    LogTransform,
-    ScheduledVESDE,
-    UNetScore,
-    fit,
-    predictor_corrector,
-    score_function,
+from _common import (
+    DECAY,
+    EVEN_POSITIVE_INT,
+    OUTPUT_FILE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    UNET_CHANNELS,
+    Parser,
+    add_config_arguments,
+    check_unet,
+    choice,
+    config_from,
+    integer,
+    listing,
+    machine_line,
+    require,
 )
-from assimilax.experiments import market_prices, price_windows
 
 
 CONFIGS = {
@@ -51,8 +49,64 @@ CONFIGS = {
     "full": dict(length=512, stride=8, channels=(32, 64, 128), time_dim=64, steps=40000,
                  batch=64, lr=1e-3, ema=0.999, sample_steps=2000, samples=400),
 }  # fmt: skip
+KINDS = dict(
+    length=integer(51),  # the ACF and leverage lags reach 50
+    stride=POSITIVE_INT,
+    channels=UNET_CHANNELS,
+    time_dim=EVEN_POSITIVE_INT,
+    steps=POSITIVE_INT,
+    batch=POSITIVE_INT,
+    lr=POSITIVE_FLOAT,
+    ema=DECAY,
+    sample_steps=POSITIVE_INT,
+    samples=integer(2),  # the tail exponent needs 100 returns
+)
 SCHEDULES = ("exponential", "linear", "cosine")
 MODELS = [("GBM", s) for s in SCHEDULES] + [("VE", s) for s in SCHEDULES] + [("VP", "linear")]
+
+PARSER = Parser(description=__doc__.splitlines()[0])
+add_config_arguments(PARSER, CONFIGS, KINDS)
+PARSER.add_argument(
+    "--models",
+    type=listing(choice(*(f"{name}:{schedule}" for name, schedule in MODELS))),
+    default=None,
+    help="e.g. GBM:exponential,VE:cosine,VP:linear (default: all)",
+)
+PARSER.add_argument("--figure", type=OUTPUT_FILE, default="gbm_diffusion.png")
+
+
+def parse_arguments():
+    """The arguments and the configuration, checked before the imports below (seconds): a
+    bad one is one line on stderr and exit code 2."""
+    args = PARSER.parse_args()
+    config = config_from(args, CONFIGS)
+    check_unet(PARSER, config["channels"], config["length"], "the length (--set length)")
+    require(PARSER, "arch", "finance")
+    return args, config
+
+
+if __name__ == "__main__":
+    ARGS, CONFIG = parse_arguments()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from assimilax import stylized  # noqa: E402
+from assimilax.diffusion import (  # noqa: E402
+    VPSDE,
+    LogTransform,
+    ScheduledVESDE,
+    UNetScore,
+    fit,
+    predictor_corrector,
+    score_function,
+)
+from assimilax.experiments import market_prices, price_windows  # noqa: E402
+
+
 LAGS = np.arange(1, 51)
 THETA = 0.05  # gain/loss threshold on the cumulative log-return
 
@@ -202,20 +256,16 @@ def plot(data, rows, bands, path):
     fig.savefig(path, dpi=120)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--models", default=None, help="e.g. GBM:exponential,VE:cosine,VP:linear")
-    parser.add_argument("--figure", default="gbm_diffusion.png")
-    args = parser.parse_args()
-    config = config_from(args, CONFIGS)
+def main(args, config):
     print(machine_line())
     print(f"config: {'quick' if args.quick else 'full'} {config}")
-    models = (
-        MODELS if args.models is None else [tuple(m.split(":")) for m in args.models.split(",")]
-    )
+    models = MODELS if args.models is None else [tuple(m.split(":")) for m in args.models]
     _, close = market_prices("sp500")
+    if config["length"] >= close.size:
+        PARSER.error(f"--set length: at most {close.size - 1} (the data has {close.size} days)")
     windows = price_windows(close, config["length"] + 1, config["stride"])
+    if len(windows) < 2:
+        PARSER.error(f"--set length, stride: the {close.size} days make 1 window; need 2 or more")
     returns = np.diff(np.log(windows), axis=1)
     data, bands = facts(returns), data_bands(returns)
     print(f"data: {close.size} days, {len(windows)} windows of {config['length']} returns")
@@ -233,4 +283,4 @@ def main():
 
 if __name__ == "__main__":
     jax.config.update("jax_enable_x64", False)
-    main()
+    main(ARGS, CONFIG)

@@ -10,31 +10,34 @@ then the minimum of `--repeat` timed runs of the whole jitted assimilation
     python benchmarks/lorenz96_filters.py [--cycles 10000] [--burn-in 1000] [--repeat 3]
 """
 
-import argparse
 import platform
 import time
 import timeit
 
-import jax
-
-
-jax.config.update("jax_enable_x64", True)
-
-import equinox as eqx  # noqa: E402
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-
-import assimilax as ax  # noqa: E402
-from assimilax import describe  # noqa: E402
+from _common import NAME, POSITIVE_INT, Parser, check_known, integer, listing
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=10000)
-    parser.add_argument("--burn-in", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--filters", default="etkf,letkf,enkf")
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=POSITIVE_INT, default=10000)
+    parser.add_argument("--burn-in", type=integer(0), default=1000)
+    parser.add_argument("--repeat", type=POSITIVE_INT, default=3)
+    parser.add_argument("--filters", type=listing(NAME), default="etkf,letkf,enkf")
     args = parser.parse_args()
+    if args.burn_in >= args.cycles:
+        parser.error(f"--burn-in: must be below --cycles ({args.cycles}); got {args.burn_in}")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import equinox as eqx
+    import jax.random as jr
+    import numpy as np
+
+    import assimilax as ax
+    from assimilax import describe
+    from assimilax.experiments import FILTERS
+
+    check_known(parser, "--filters", args.filters, FILTERS, "filter")
 
     setup = ax.MODELS["lorenz96"]
     d, n = 40, 20
@@ -62,7 +65,7 @@ def main():
     )
     print(header)
     print("-" * len(header))
-    for name in args.filters.split(","):
+    for name in args.filters:
         flt = ax.make_filter(name, setup)
         run = lambda flt=flt: ax.assimilate(flt, dyn, series, ens, key=k4, truth=truth)
         start = time.perf_counter()

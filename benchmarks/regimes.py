@@ -13,31 +13,26 @@ included; tuning settings are array fields, so a sweep compiles once per filter)
 Published baselines of the regime are printed beside it. Machine and versions first.
 """
 
-import argparse
 import platform
 import time
 
-import jax
+from _common import NAME, POSITIVE_INT, Parser, check_known, choice, integer, listing
 
 
-jax.config.update("jax_enable_x64", True)
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-
-import assimilax as ax  # noqa: E402
-from assimilax.experiments import REGIMES, get_model, status  # noqa: E402
-from assimilax.filters import (  # noqa: E402
-    ETKF,
-    LETKF,
-    BootstrapFilter,
-    EnsembleScoreFilter,
-    HybridScoreFilter,
-    StochasticEnKF,
-)
+FILTERS = ("etkf", "letkf", "enkf", "pf", "ensf-std", "hybrid")  # the keys of `sweeps`
 
 
 def sweeps(regime):
     """Each filter's candidate settings (the same kind of grid for every method)."""
+    from assimilax.filters import (
+        ETKF,
+        LETKF,
+        BootstrapFilter,
+        EnsembleScoreFilter,
+        HybridScoreFilter,
+        StochasticEnKF,
+    )
+
     radius = 1000.0 if regime.dim <= 3 else None
     radii = [radius] if radius else [2.0, 4.0, 8.0]
     inflations = [1.0, 1.02, 1.05, 1.1, 1.2]
@@ -83,6 +78,11 @@ def sweeps(regime):
 
 
 def run(regime, filters, seed, cycles, members):
+    import jax.random as jr
+
+    import assimilax as ax
+    from assimilax.experiments import get_model
+
     setup = get_model(regime.model)
     dyn = regime.make_dynamics()
     obs = ax.make_observation(dyn.state_shape, regime.obs_std, regime.observe, regime.operator)
@@ -94,19 +94,31 @@ def run(regime, filters, seed, cycles, members):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regimes", default=",".join(REGIMES))
-    parser.add_argument("--cycles", type=int, default=None, help="default: the regime's")
-    parser.add_argument("--seeds", type=int, default=3, help="scoring seeds (1, 2, ...)")
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regimes", type=listing(NAME), default=None, help="default: all")
+    parser.add_argument("--cycles", type=POSITIVE_INT, default=None, help="default: the regime's")
+    parser.add_argument("--seeds", type=POSITIVE_INT, default=3, help="scoring seeds (1, 2, ...)")
     parser.add_argument(
-        "--tuning-seeds", type=int, default=2, help="tuning seeds (1000, 1001, ...): mean RMSE"
+        "--tuning-seeds",
+        type=POSITIVE_INT,
+        default=2,
+        help="tuning seeds (1000, 1001, ...): mean RMSE",
     )
-    parser.add_argument("--members", type=int, default=None, help="default: the regime's")
-    parser.add_argument("--filters", default="etkf,letkf,enkf,pf,ensf-std,hybrid")
+    parser.add_argument("--members", type=integer(2), default=None, help="default: the regime's")
+    parser.add_argument("--filters", type=listing(choice(*FILTERS)), default=",".join(FILTERS))
     args = parser.parse_args()
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
+    import assimilax as ax
+    from assimilax.experiments import REGIMES, status
+
+    check_known(parser, "--regimes", args.regimes or (), REGIMES, "regime")
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} device(s)")
     print(f"jax {jax.__version__}, assimilax {ax.__version__}, float64")
-    for name in args.regimes.split(","):
+    for name in args.regimes or REGIMES:
         regime = REGIMES[name]
         cycles = args.cycles or regime.cycles
         members = args.members or regime.members
@@ -115,7 +127,7 @@ def main():
         print(f"{'filter':<9} {'best setting':<22} {'rmse_a':>14} {'spread':>7} {'crps':>7} "
               f"{'cov90':>6} {'cycles/s':>9}")  # fmt: skip
         candidates = sweeps(regime)
-        for fname in args.filters.split(","):
+        for fname in args.filters:
             grid = dict(candidates[fname])
             # Tuning seeds far from the scoring ones; a setting must hold on all of them.
             tuned = [

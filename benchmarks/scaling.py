@@ -14,13 +14,13 @@ scaling (L96 LETKF): 10 members per device. Memory: XLA's analysis of the compil
 (per device: arguments + temporaries + outputs). Float32 unless `--float64`.
 """
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 
 import numpy as np
+from _common import POSITIVE_INT, Parser, listing, machine_line
 
 
 def cases(quick: bool):
@@ -89,24 +89,25 @@ def measure(name, dyn, obs, flt, members, devices, cycles, dtype, over):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--float64", action="store_true")
     parser.add_argument(
         "--devices",
+        type=listing(POSITIVE_INT),
         default=None,
         help="device counts to run on (default 1,2,4; on CPU at most the core count, "
         "as virtual devices share the cores)",
     )
-    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--cycles", type=POSITIVE_INT, default=5)
     args = parser.parse_args()
     import jax
 
-    if args.devices is None:
+    counts = args.devices
+    if counts is None:
         cpu = jax.devices()[0].platform == "cpu"
         limit = min(4, os.cpu_count() or 1) if cpu else jax.device_count()
-        args.devices = ",".join(str(n) for n in (1, 2, 4) if n <= max(limit, 1))
-    counts = [int(n) for n in args.devices.split(",")]
+        counts = [n for n in (1, 2, 4) if n <= max(limit, 1)]
 
     if jax.device_count() < max(counts) and "_SCALING_CHILD" not in os.environ:
         env = dict(os.environ, _SCALING_CHILD="1")
@@ -114,10 +115,10 @@ def main():
 
         env["XLA_FLAGS"] = ax.cpu_xla_flags(max(counts))
         raise SystemExit(subprocess.call([sys.executable, *sys.argv], env=env))
+    if jax.device_count() < max(counts):
+        parser.error(f"--devices: JAX sees {jax.device_count()} device(s); got {max(counts)}")
     jax.config.update("jax_enable_x64", args.float64)
     import jax.numpy as jnp
-    import numpy as np
-    from _common import machine_line
 
     dtype = jnp.float64 if args.float64 else jnp.float32
     print(machine_line())

@@ -23,13 +23,12 @@ component) at each dimension, split into forecast and analysis (compiled, best o
 float32, with the process's peak resident memory after each size.
 """
 
-import argparse
 import os
 import platform
 import resource
 import time
 
-import jax
+from _common import Parser, integer, listing
 
 
 def _run(dynamics, observation, filters, obs_interval, *, cycles, burn_in, **start):
@@ -147,6 +146,8 @@ def _spde():
 
 
 def _best(fn, *args):
+    import jax
+
     jax.block_until_ready(fn(*args))
     best = float("inf")
     for _ in range(3):
@@ -226,15 +227,19 @@ def _local(dims, model):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--twin", action="store_true")
     parser.add_argument("--spde", action="store_true")
     parser.add_argument("--local", action="store_true")
-    parser.add_argument("--local-dims", default="40,200,1000")
+    parser.add_argument("--local-dims", type=listing(integer(4)), default="40,200,1000")
     parser.add_argument("--local-model", default="lorenz96", choices=("lorenz96", "ks"))
     parser.add_argument("--scaling", action="store_true")
-    parser.add_argument("--dims", default="1000,10000,100000,1000000")
+    parser.add_argument("--dims", type=listing(integer(4)), default="1000,10000,100000,1000000")
     args = parser.parse_args()
+    if not (args.twin or args.spde or args.local or args.scaling):
+        parser.error("choose at least one of --twin, --spde, --local, --scaling")
+    import jax
+
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}")
     print(f"jax {jax.__version__} ({jax.default_backend()})")
     if args.twin:
@@ -245,10 +250,10 @@ def main():
         _spde()
     if args.local:
         jax.config.update("jax_enable_x64", True)
-        _local([int(d) for d in args.local_dims.split(",")], args.local_model)
+        _local(args.local_dims, args.local_model)
     if args.scaling:
         jax.config.update("jax_enable_x64", False)
-        _scaling([int(d) for d in args.dims.split(",")])
+        _scaling(args.dims)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,24 @@ log-amplitude spectral error over radius bins 1..10. Prints the table beside the
 numbers and saves `smdp_heat.png` (samples and radial spectra).
 """
 
-import argparse
 import os
 import platform
 import time
 
-import jax
+from _common import OUTPUT_FILE, POSITIVE_INT, Parser
+
+
+PARSER = Parser(description=__doc__.splitlines()[0])
+PARSER.add_argument("--quick", action="store_true", help="the CPU configuration")
+PARSER.add_argument(
+    "--iterations", type=POSITIVE_INT, default=None, help="override the training iterations"
+)
+PARSER.add_argument("--out", type=OUTPUT_FILE, default="smdp_heat.png", help="figure file")
+
+if __name__ == "__main__":
+    ARGS = PARSER.parse_args()  # before the imports below (seconds): a bad argument fails at once
+
+import jax  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", False)
@@ -87,14 +99,9 @@ def _supervised(net, inputs, targets, loss_of, iterations, batch, key):
     return lambda y: model(y, jnp.zeros((), y.dtype))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the CPU configuration")
-    parser.add_argument("--iterations", type=int, default=None, help="override")
-    parser.add_argument("--out", default="smdp_heat.png", help="figure file")
-    args = parser.parse_args()
+def main(args):
     cfg = dict(CONFIGS["quick" if args.quick else "paper"])
-    if args.iterations:
+    if args.iterations is not None:
         cfg["iterations"] = args.iterations
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores")
     print(f"assimilax {ax.__version__}, jax {jax.__version__} ({jax.default_backend()}), float32")
@@ -208,4 +215,4 @@ def _figure(path, test, estimates):
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

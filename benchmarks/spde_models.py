@@ -12,16 +12,17 @@ experiment per model (RMSE, CRPS, 90 % coverage, seconds per cycle) with the CLI
 defaults. Timings are of compiled functions, best of 3; compile time is not included.
 """
 
-import argparse
 import math
 import os
 import platform
 import time
 
-import jax
+from _common import POSITIVE_INT, Parser, listing, require
 
 
 def _best(fn, *args, repeat=3):
+    import jax
+
     jax.block_until_ready(fn(*args))
     best = float("inf")
     for _ in range(repeat):
@@ -98,11 +99,14 @@ def _cases(dtype):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--float64", action="store_true")
-    parser.add_argument("--members", default="20,100")
+    parser.add_argument("--members", type=listing(POSITIVE_INT), default="20,100")
     parser.add_argument("--twin", action="store_true", help="also run short twin experiments")
     args = parser.parse_args()
+    require(parser, "exponax")
+    import jax
+
     jax.config.update("jax_enable_x64", args.float64)
 
     import equinox as eqx
@@ -115,7 +119,7 @@ def main():
     from assimilax.dynamics import SpatialSpectrum, gaussian_random_field
 
     dtype = jnp.float64 if args.float64 else jnp.float32
-    sizes = [int(m) for m in args.members.split(",")]
+    sizes = args.members
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}")
     print(
         f"jax {jax.__version__} ({jax.default_backend()}), equinox {eqx.__version__}, "
