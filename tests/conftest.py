@@ -28,3 +28,18 @@ def getkey():
         return jr.fold_in(jr.key(1234), state["i"])
 
     return _getkey
+
+
+@pytest.fixture(scope="module")
+def sensor_file(tmp_path_factory):
+    """A small Lorenz-96 sensor file (d = 12, 40 records, 10 sensors) and its dataset."""
+    import assimilax as ax
+    from assimilax.experiments import get_model, make_sensors
+
+    setup = get_model("lorenz96")
+    ds = make_sensors(
+        setup, setup.make_dynamics(12), key=jr.key(0), cycles=40, sensors=10, obs_std=1.0
+    )
+    path = tmp_path_factory.mktemp("faults") / "sensors.nc"
+    ax.write_netcdf(ds, path)
+    return path, ds

@@ -73,7 +73,7 @@ def test_divergence_is_reported_not_hidden(getkey):
     dyn = Lorenz96(D)
     obs = Identity(D, noise_std=1.0)
     series = ax.ObservationSeries(obs, jnp.array([1.0, 2.0]), jnp.zeros((2, D)))
-    ens = ax.Ensemble(1e300 + jr.normal(getkey(), (N, D)))
+    ens = ax.Ensemble(1e300 * (1 + 0.1 * jr.normal(getkey(), (N, D))))
     sol = ax.assimilate(ETKF(), dyn, series, ens, key=getkey(), throw=False)
     assert sol.result != ax.RESULTS.successful
     assert not jnp.all(jnp.isfinite(sol.analysis_mean))

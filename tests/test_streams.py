@@ -222,6 +222,7 @@ def test_resume_cuts_output_back_to_the_checkpoint(sensors, getkey, tmp_path):
     full = drive(ETKF(), dyn, series, ens, **run)
     expected = ax.read_netcdf(out)
     # Simulate a kill after 25 records had been written but only 20 checkpointed.
+    ckpt.unlink()  # (a fresh run: an existing checkpoint is only overwritten by a resume)
     drive(ETKF(), dyn, series[:20], ens, **run)
     AppendableNetCDF(out).append(
         {

@@ -201,7 +201,16 @@ def check_run_inputs(
         )
     check_finite(mean0, "belief0 (its mean)")
     if as_ensemble(belief0) is not None:
-        check_finite(as_ensemble(belief0).members, "belief0.members")
+        members = check_finite(as_ensemble(belief0).members, "belief0.members")
+        if members.shape[0] > 1 and is_concrete(members) and np.ptp(members, axis=0).max() == 0:
+            import warnings
+
+            warnings.warn(
+                f"`belief0`'s {members.shape[0]} members are all identical (zero spread): an "
+                "ensemble filter learns nothing from the observations unless the dynamics "
+                "are stochastic. Start from perturbed members (e.g. climatology).",
+                stacklevel=3,
+            )
     name = type(observation).__name__
     try:
         out = jax.eval_shape(observation.apply, jax.ShapeDtypeStruct(state_shape, mean0.dtype))

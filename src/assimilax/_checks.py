@@ -6,6 +6,8 @@ same code called under `jit`/`vmap`) are checked with `equinox.error_if`, whose 
 value must be used for the check to survive dead-code elimination.
 """
 
+import os
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -85,4 +87,19 @@ def check_floating(x, name: str):
         raise TypeError(
             f"`{name}` must have a floating dtype (float32 or float64); got "
             f"{jnp.result_type(x)}. Convert it with `.astype(jnp.float32)` or similar."
+        )
+
+
+def check_memory(needed_bytes: float, what: str) -> None:
+    """Refuse (`ValueError` naming `what` and the number) a run whose arrays alone would
+    not fit in 80 % of this machine's memory, before anything is compiled."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed_bytes > 0.8 * total:
+        raise ValueError(
+            f"{what} needs about {needed_bytes / 2**30:.3g} GiB of memory, more than this "
+            f"machine's {total / 2**30:.3g} GiB allows; use fewer cycles, members or a smaller "
+            "--dim."
         )

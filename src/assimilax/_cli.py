@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import threading
 
 
 _SEED_MAX = 2**32 - 1
@@ -39,6 +40,8 @@ _nonnegative_float = _number(float, 0.0, False, "a finite number >= 0")
 _seed = _number(int, 0, False, f"an integer seed in [0, {_SEED_MAX}]", _SEED_MAX)
 _fraction = _number(float, 0.0, False, "a number in [0, 1]", 1.0)
 _bandwidth = _number(float, 0.0, True, "a number in (0, 1]", 1.0)
+# Multiplicative inflation: below 1 it deflates the spread until the filter loses track.
+_inflation = _number(float, 1.0, False, "a number >= 1 (below 1 the spread collapses)")
 
 
 def _open_fraction(text: str) -> float:
@@ -112,7 +115,7 @@ def _twin_parser(sub) -> None:
     _experiment_arguments(twin)
     twin.add_argument(
         "--inflation",
-        type=_positive_float,
+        type=_inflation,
         default=None,
         help="multiplicative inflation for the filters that take one (overrides tuning)",
     )
@@ -149,7 +152,7 @@ def _twin_parser(sub) -> None:
     )
     _run_arguments(twin)
     twin.add_argument("--out", default=None, help="write the results to this netCDF file")
-    twin.set_defaults(run=_run_twin)
+    twin.set_defaults(run=_run_twin, lock_out=True)
 
 
 def _report_parser(sub) -> None:
@@ -198,7 +201,7 @@ def _make_sensors_parser(sub) -> None:
     )
     sensors.add_argument("--seed", type=_seed, default=0, help="random seed")
     sensors.add_argument("--out", required=True, help="the netCDF file to write")
-    sensors.set_defaults(run=_run_make_sensors)
+    sensors.set_defaults(run=_run_make_sensors, lock_out=True)
 
 
 def _assimilate_parser(sub) -> None:
@@ -240,7 +243,7 @@ def _assimilate_parser(sub) -> None:
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
     )
     assim.add_argument(
-        "--inflation", type=_positive_float, default=None, help="default: tuned for the model"
+        "--inflation", type=_inflation, default=None, help="default: tuned for the model"
     )
     assim.add_argument(
         "--radius", type=_positive_float, default=None, help="LETKF radius (default: tuned)"
@@ -266,6 +269,11 @@ def _assimilate_parser(sub) -> None:
         "--checkpoint", default=None, help="checkpoint file (default: OUT.checkpoint)"
     )
     assim.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    assim.add_argument(
+        "--overwrite-checkpoint",
+        action="store_true",
+        help="start afresh even though --checkpoint holds an earlier run's checkpoint",
+    )
     _run_arguments(assim)
     assim.set_defaults(run=_run_assimilate)
 
@@ -294,7 +302,10 @@ def _sweep_parser(sub) -> None:
     )
     sweep.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0, 1, ...")
     sweep.add_argument(
-        "--members", default=None, help="ensemble size(s), comma-separated (default: the model's)"
+        "--members",
+        type=_ensemble_sizes,
+        default=None,
+        help="ensemble size(s), comma-separated (default: the model's)",
     )
     _experiment_arguments(sweep)
     sweep.add_argument(
@@ -304,7 +315,23 @@ def _sweep_parser(sub) -> None:
         help="floating point (auto: float64 below 1e5 state values, float32 above)",
     )
     sweep.add_argument("--out", default=None, help="write the grid to this netCDF file")
-    sweep.set_defaults(run=_run_sweep)
+    sweep.set_defaults(run=_run_sweep, lock_out=True)
+
+
+def _ensemble_sizes(text: str) -> list[int]:
+    """`--members` of `sweep`: distinct ensemble sizes >= 2, comma-separated."""
+    try:
+        sizes = [int(m) for m in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 2 or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct ensemble sizes >= 2, comma-separated (e.g. 10,20); got {text!r}"
+        )
+    return sizes
+
+
+MAX_AXIS = 100_000  # values along one --grid axis at most
 
 
 def _grid_axis(text: str) -> tuple[str, list[float]]:
@@ -312,15 +339,20 @@ def _grid_axis(text: str) -> tuple[str, list[float]]:
     try:
         if values.count(":") == 2:
             start, stop, count = values.split(":")
-            if int(count) < 1:
+            if not 1 <= int(count) <= MAX_AXIS:
                 raise ValueError
             import numpy as np
 
-            return name.strip(), np.linspace(float(start), float(stop), int(count)).tolist()
-        return name.strip(), [float(v) for v in values.split(",")]
+            numbers = np.linspace(float(start), float(stop), int(count)).tolist()
+        else:
+            numbers = [float(v) for v in values.split(",")]
+        if not name.strip() or not all(math.isfinite(v) for v in numbers):
+            raise ValueError
+        return name.strip(), numbers
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected NAME=V1,V2,... or NAME=START:STOP:COUNT; got {text!r}"
+            f"expected NAME=V1,V2,... or NAME=START:STOP:COUNT (finite numbers, COUNT in "
+            f"[1, {MAX_AXIS}]); got {text!r}"
         ) from None
 
 
@@ -453,17 +485,9 @@ def _start_jax(args):
 
 
 def _check_memory(needed_bytes: float, what: str) -> None:
-    """Refuse a run whose arrays alone would not fit in the machine's memory."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if needed_bytes > 0.8 * total:
-        raise ValueError(
-            f"{what} needs about {needed_bytes / 2**30:.3g} GiB of memory, more than this "
-            f"machine's {total / 2**30:.3g} GiB allows; use fewer cycles, members or a smaller "
-            "--dim."
-        )
+    from ._checks import check_memory
+
+    check_memory(needed_bytes, what)
 
 
 LARGE_STATE = 100_000  # state values from which `--precision auto` means float32
@@ -537,7 +561,7 @@ def _run_make_sensors(args) -> int:
         f"({100 * observed:.0f}% of values present)",
         file=sys.stderr,
     )
-    print(write_netcdf(ds, args.out))
+    print(write_netcdf(ds, args.out, lock=not args.out_locked))
     return 0
 
 
@@ -561,6 +585,8 @@ def _run_assimilate(args) -> int:
 
     from . import _sinks
     from ._driver import NothingToResume, assimilate_stream, progress_sinks
+
+    ckpt, resume = _checkpoint(args, checkpoint if use_checkpoint else None)
     from ._ensemble import Ensemble
     from ._io import describe
     from ._streams import read_observations
@@ -595,17 +621,10 @@ def _run_assimilate(args) -> int:
     init_key, filter_key, run_key = jr.split(jr.key(args.seed), 3)
     ensemble = Ensemble(climatology_states(setup, dynamics, members, key=init_key))
     t0 = series.times[0] - setup.obs_interval
+    _check_scale(series, ensemble, args.obs)
     if args.tune:
         flt = _tune_filter(args, setup, dim, dynamics, series, ensemble, filter_key, t0)
     attrs = _analysis_attrs(args, setup, dim, describe(flt), members, float(t0))
-    resume = args.resume
-    if resume and not Path(checkpoint).exists():
-        print(
-            f"note: no checkpoint {checkpoint!r} yet (the run stopped before its first "
-            "checkpoint): starting from the beginning",
-            file=sys.stderr,
-        )
-        resume = False
     print(
         f"Assimilating {len(series)} records of {series.observation.obs_dim} sensors "
         f"({100 * float(jnp.mean(series.mask)):.0f}% present) into {setup.name} d={dim} with "
@@ -613,8 +632,8 @@ def _run_assimilate(args) -> int:
         file=sys.stderr,
     )
     sinks = [_sinks.NetCDFOutput(args.out, attrs, data.time_encoding)]
-    if use_checkpoint:
-        sinks.append(_sinks.Checkpoint(checkpoint, args.checkpoint_every))
+    if ckpt is not None:
+        sinks.append(ckpt)
     sinks += progress_sinks(not args.no_progress, name)
     start = time.perf_counter()
     try:
@@ -638,6 +657,50 @@ def _run_assimilate(args) -> int:
         print(f"{args.out} is complete: every record was assimilated already", file=sys.stderr)
         return 0
     return _assimilate_outcome(sol, time.perf_counter() - start, args.out)
+
+
+# Observations this many climatological standard deviations (model spread and error
+# std together) from the model's climatology are taken for a unit or scale mistake.
+SCALE_LIMIT = 100.0
+
+
+def _check_scale(series, ensemble, source) -> None:
+    """Refuse observations far outside what the model can produce (values in other
+    units, x100, 1e300): the filter would otherwise blow the model up and blame it."""
+    import jax
+    import numpy as np
+
+    hx = np.asarray(jax.vmap(series.observation.apply)(ensemble.members))
+    mean, spread = hx.mean(axis=0), hx.std(axis=0)
+    std = np.sqrt(spread**2 + np.asarray(series.error_std()) ** 2)
+    z = np.where(np.asarray(series.mask), np.abs(np.asarray(series.values) - mean) / std, 0.0)
+    if z.max() > SCALE_LIMIT:
+        k, j = (int(i) for i in np.unravel_index(int(np.argmax(z)), z.shape))
+        raise ValueError(
+            f"{source}: the value {float(series.values[k, j]):.6g} at record {k}, sensor {j} "
+            f"lies {z[k, j]:.3g} standard deviations from the model's climatology "
+            f"({float(mean[j]):.3g} +- {float(std[k, j]):.3g}): are the values in the model's "
+            "units (--variable, a scale factor)?"
+        )
+
+
+def _checkpoint(args, path):
+    """The `Checkpoint` sink of `assimilate` (None without one) and whether the run
+    resumes (`check_resume`: refusals before anything is read or written)."""
+    import warnings
+
+    from ._driver import check_resume
+    from ._sinks import Checkpoint
+
+    ckpt = None
+    if path is not None:
+        ckpt = Checkpoint(path, args.checkpoint_every, overwrite=args.overwrite_checkpoint)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        resume = check_resume(ckpt, [args.out], args.resume)
+    for note in notes:
+        print(f"note: {note.message}", file=sys.stderr)
+    return ckpt, resume
 
 
 def _tune_filter(args, setup, dim, dynamics, series, ensemble, key, t0):
@@ -829,7 +892,7 @@ def _run_twin(args) -> int:
     from ._sharding import is_main_process
 
     if args.out and is_main_process():  # one writer in a multi-process run
-        path = write_netcdf(ds, args.out)
+        path = write_netcdf(ds, args.out, lock=not args.out_locked)
         print(f"wrote {path}", file=sys.stderr)
     bad = [n for n in names if status(scores[n])]
     if bad:
@@ -885,10 +948,7 @@ def _run_sweep(args) -> int:
                 f"--grid: {name} has no setting {option!r}; it takes {', '.join(OPTIONS[name])}."
             )
     regime, setup, dim, dynamics, observation, burn_in = _experiment(args)
-    if args.members is None:
-        sizes = [setup.members]
-    else:
-        sizes = [_positive_int(m) for m in args.members.split(",")]
+    sizes = [setup.members] if args.members is None else args.members
     print(
         f"Sweep: {name} on {setup.name} d={dim}, members {sizes}, {args.seeds} seed(s), "
         f"{args.cycles} cycles (burn-in {burn_in}), grid "
@@ -918,7 +978,7 @@ def _run_sweep(args) -> int:
         )
         print(f"members {n}: {found}  ({cells / seconds:.0f} cycles/s over the grid)")
     if args.out:
-        print(f"wrote {write_netcdf(ds, args.out)}", file=sys.stderr)
+        print(f"wrote {write_netcdf(ds, args.out, lock=not args.out_locked)}", file=sys.stderr)
     return 0
 
 
@@ -972,6 +1032,52 @@ def _apply_regime(args):
     return regime
 
 
+def _output_lock(args):
+    """The lock on `--out` held for a whole `twin`, `make-sensors` or `sweep` run, so no
+    other run writes the file meanwhile (`assimilate`'s output sink takes its own)."""
+    import contextlib
+
+    # Processes of a multi-process run: process 0 locks the file when it writes it.
+    args.out_locked = bool(
+        getattr(args, "lock_out", False) and args.out and not getattr(args, "distributed", False)
+    )
+    if not args.out_locked:
+        return contextlib.nullcontext()
+    from ._io import PathLock, check_output_paths
+
+    check_output_paths([("--out", args.out)], [])
+    return PathLock(args.out, "output file")
+
+
+def _signals(args):
+    """How SIGINT and SIGTERM stop a run. An `assimilate` with a checkpoint stops
+    between chunks (bounded compiled calls), saves its checkpoint and exits 130. Every
+    other run has nothing to save until its end, so a signal ends it at once (the
+    operating system's default: no compiled call, however long, delays it), except
+    while a file is written (`deferred_interrupts` holds it until the file is whole)."""
+    import contextlib
+
+    if any(getattr(args, k, None) for k in ("checkpoint_every", "checkpoint", "resume")):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def default():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in sigs}
+        for s in sigs:
+            signal.signal(s, signal.SIG_DFL)
+        try:
+            yield
+        finally:
+            for s in sigs:
+                signal.signal(s, previous[s])
+
+    return default()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -988,7 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (printed as one line), --help, --version
         return int(e.code or 0)
     try:
-        return args.run(args)
+        with _output_lock(args), _signals(args):
+            return args.run(args)
     except (ValueError, TypeError, OSError, MemoryError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"assimilax {args.command}: error: {message}", file=sys.stderr)

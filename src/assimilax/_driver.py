@@ -4,6 +4,7 @@ files, checkpoints, progress)."""
 
 import hashlib
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -167,15 +168,13 @@ def assimilate_stream(
         max_gap, save_ensembles,
     )  # fmt: skip
     k, typical = _length_and_gap(observations, is_stream)
-    run_id = _run_id(filter, dynamics, observations.observation, key)
+    run_id = _run_id(filter, dynamics, observations.observation, key, mesh, over)
 
     # Where to start: the beginning or a checkpoint ------------------------------------
-    resume = resume and _has_checkpoint(checkpoint)
+    resume = check_resume(checkpoint, [p for s in sinks for p in s.paths()], resume)
     carry, start, meta = (shard(belief0, mesh, over), t0, initial_result()), 0, {}
     if resume:
         carry, start, meta = _load(checkpoint, carry, run_id)
-    elif checkpoint is not None:
-        checkpoint.check_writable()
     if not resume and not is_stream:
         check_t0(t0, observations.times)
     # A running hash of the records assimilated: a resume must see the same ones.
@@ -218,9 +217,14 @@ def _length_and_gap(observations, is_stream: bool):
     return k, typical
 
 
-def _run_id(filter, dynamics, operator, key) -> dict:
-    """What identifies a run for its checkpoint: the settings' fingerprint and the key."""
-    return dict(fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key))
+def _run_id(filter, dynamics, operator, key, mesh, over) -> dict:
+    """What identifies a run for its checkpoint: the settings' fingerprint, the key and
+    the device layout (sharded sums round differently: a resume on another layout
+    would not continue the same numbers)."""
+    layout = "1 device" if mesh is None else f"{mesh.devices.size} devices over {over}"
+    return dict(
+        fingerprint=fingerprint(filter, dynamics, operator), key=key_data(key), layout=layout
+    )
 
 
 def _checked(
@@ -249,8 +253,6 @@ def _checked(
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}.")
     if max_gap is not None and not max_gap > 0:
         raise ValueError(f"`max_gap` must be positive; got {max_gap!r}.")
-    if resume and checkpoint is None:
-        raise ValueError("`resume=True` needs a `Checkpoint` sink to resume from.")
     t0 = jnp.asarray(t0, jnp.result_type(float) if is_stream else observations.times.dtype)
     if not math.isfinite(float(t0)):
         raise ValueError(f"`t0` must be finite; got {float(t0)!r}.")
@@ -274,11 +276,30 @@ def _ordered_sinks(sinks) -> tuple[tuple[AbstractSink, ...], Checkpoint | None]:
     return sinks, (checkpoints[0] if checkpoints else None)
 
 
-def _has_checkpoint(checkpoint: Checkpoint) -> bool:
-    """Whether the checkpoint file exists; if not (a run stopped before its first
-    checkpoint), warn that the run starts from the beginning."""
+def check_resume(checkpoint: Checkpoint | None, outputs, resume: bool) -> bool:
+    """Whether a run resumes from `checkpoint`, before anything is written: True if
+    `resume` and the checkpoint exists. With `resume` but no checkpoint yet (a run
+    stopped before its first one) the run starts afresh with a warning, unless that
+    would overwrite one of the existing `outputs` (another run's files): refused.
+    Without `resume`, an existing checkpoint is refused (`Checkpoint.check_writable`).
+
+    **Raises:** `ValueError` for the refusals above."""
+    if checkpoint is None:
+        if resume:
+            raise ValueError("`resume=True` needs a `Checkpoint` sink to resume from.")
+        return False
+    if not resume:
+        checkpoint.check_writable()
+        return False
     if checkpoint.path.exists():
         return True
+    for path in outputs:
+        if Path(path) != checkpoint.path and Path(path).exists():
+            raise ValueError(
+                f"Cannot resume: there is no checkpoint {str(checkpoint.path)!r}, and "
+                f"starting afresh would overwrite the existing {str(path)!r}. Give the "
+                "checkpoint that run wrote, or move the file away."
+            )
     import warnings
 
     warnings.warn(
@@ -294,11 +315,17 @@ def _load(checkpoint: Checkpoint, like, run_id: dict):
     belief laid out as `like`'s (a file checkpoint is read to the host)."""
     carry, meta = checkpoint.load(like)
     carry = (place_like(carry[0], like[0]), *carry[1:])
-    for name, what in (("fingerprint", "filter, model or observation operator"), ("key", "key")):
+    for name, what in (
+        ("fingerprint", "filter, model or observation operator"),
+        ("key", "key"),
+        ("layout", "device layout"),
+    ):
         if meta.get(name) != run_id[name]:
+            theirs = f" ({meta.get(name)}; this run: {run_id[name]})" if name == "layout" else ""
             raise ValueError(
                 f"The checkpoint {str(checkpoint.path)!r} comes from a run with another "
-                f"{what}; resume with the same settings (or start afresh without resume)."
+                f"{what}{theirs}; resume with the same settings (or start afresh without "
+                "resume)."
             )
     return carry, int(meta["records"]), meta
 

@@ -65,7 +65,7 @@ def _plot_errors(ds, path):
     burn_in = int(ds.attrs["burn_in"])
     if burn_in:
         ax.axvline(t[burn_in], color="k", lw=0.6, ls=":", label="end of burn-in")
-    ax.set_yscale("log")
+    _log_scale(ax)
     ax.set_xlabel("time")
     ax.set_ylabel("analysis RMSE / spread")
     ax.set_title("Analysis error (solid) and ensemble spread (dashed)")
@@ -192,6 +192,17 @@ def _plot_state(ds, path):
     return _save(fig, path)
 
 
+def _log_scale(ax) -> None:
+    """A log y axis where the plotted values allow one (some positive and finite: a
+    diverged run's NaN or infinite values are left out of the range), else linear."""
+    ys = [np.asarray(line.get_ydata(), float) for line in ax.get_lines()]
+    ys = np.concatenate([y.ravel() for y in ys]) if ys else np.zeros(0)
+    ok = ys[np.isfinite(ys) & (ys > 0)]
+    if ok.size:
+        ax.set_yscale("log")
+        ax.set_ylim(ok.min() / 1.5, ok.max() * 1.5)
+
+
 def _plot_ess(ds, path, names):
     import matplotlib.pyplot as plt
 
@@ -202,7 +213,7 @@ def _plot_ess(ds, path, names):
         ax.plot(ds["time"].values, ess, lw=0.8, label=name)
     if members:
         ax.axhline(members, color="k", lw=0.6, ls="--", label="ensemble size")
-    ax.set_yscale("log")
+    _log_scale(ax)
     ax.set_xlabel("time")
     ax.set_ylabel("effective sample size")
     ax.set_title("Particle weights: effective sample size after each update")

@@ -10,9 +10,9 @@ written, exclusive locks on output paths, the checkpoint format.
 import abc
 import contextlib
 import dataclasses
-import fcntl
 import io
 import json
+import math
 import os
 import signal
 import threading
@@ -24,7 +24,14 @@ import jax
 import numpy as np
 
 from . import _schema
-from ._io import SHARDED_CHECKPOINT_MARKER, atomic_write, netcdf_safe
+from ._io import (
+    NO_SPACE,
+    SHARDED_CHECKPOINT_MARKER,
+    PathLock,
+    atomic_write,
+    netcdf_safe,
+    no_space_error,
+)
 from ._sharding import is_main_process, is_spread
 
 
@@ -53,48 +60,110 @@ def deferred_interrupts() -> Iterator[None]:
             signal.raise_signal(s)
 
 
-class PathLock:
-    """An exclusive lock on `path` for one run's lifetime (a `.NAME.lock` file beside
-    it, locked with `flock`; the lock goes with the process, even on a hard kill).
-    A second run on the same path gets a one-line `ValueError`."""
-
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path = Path(path)
-        self.what = what
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        lock = self.path.with_name(f".{self.path.name}.lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ValueError(
-                f"The {self.what} {str(self.path)!r} is in use by another run; wait for it "
-                "to finish or choose another path."
-            ) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-
 # Output files that grow --------------------------------------------------------------
+
+
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 8, 7: 1, 8: 2, 9: 4, 10: 8, 11: 8}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicLayout:
+    """Where a classic netCDF file (CDF-1, -2 or -5) keeps its records, read from its
+    header (the format's published grammar): the record count sits at byte 4
+    (`count_width` bytes, big-endian), record `i` at `begin + i * size`. Appending a
+    record writes only past the end and that count, so a failed append is undone by
+    writing the count back and cutting the file to its former length, which needs
+    no free space."""
+
+    count_width: int
+    records: int
+    begin: int
+    size: int
+
+    @classmethod
+    def read(cls, path: Path) -> "ClassicLayout | None":
+        """The layout of `path`, or None if it is not a classic netCDF file."""
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+        if head[:3] != b"CDF" or head[3] not in (1, 2, 5):
+            return None
+        version = head[3]
+        width = 8 if version == 5 else 4
+        pos = 4
+
+        def number(n=width):
+            nonlocal pos
+            value = int.from_bytes(head[pos : pos + n], "big")
+            pos += n
+            return value
+
+        def name():
+            nonlocal pos
+            n = number()
+            pos += -(-n // 4) * 4
+            return n
+
+        def attributes():
+            nonlocal pos
+            number(4)
+            for _ in range(number()):
+                name()
+                kind = number(4)
+                count = number()  # (read before `pos` is)
+                pos += -(-count * _TYPE_SIZES[kind] // 4) * 4
+
+        records = number()
+        number(4)
+        dims = []
+        for _ in range(number()):
+            name()
+            dims.append(number())
+        attributes()
+        number(4)
+        record_vars = []
+        for _ in range(number()):
+            name()
+            ids = [number() for _ in range(number())]
+            attributes()
+            kind = number(4)
+            vsize = number()
+            begin = number(4 if version == 1 else 8)
+            if ids and dims[ids[0]] == 0:
+                shape = math.prod(dims[i] for i in ids[1:])
+                record_vars.append((begin, vsize, shape * _TYPE_SIZES[kind]))
+        if not record_vars:
+            return None
+        if len(record_vars) == 1:  # the format's one exception: no padding
+            size = record_vars[0][2]
+        else:
+            size = sum(v[1] for v in record_vars)
+        return cls(width, records, min(v[0] for v in record_vars), size)
+
+    def cut(self, path: Path, records: int) -> None:
+        """Make `path` hold its first `records` records: the count written back, the
+        file cut to their end (in place; nothing is allocated)."""
+        with open(path, "r+b") as f:
+            f.seek(4)
+            f.write(records.to_bytes(self.count_width, "big"))
+            f.truncate(self.begin + records * self.size)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class AppendableNetCDF:
     """A netCDF file with an unlimited `time` dimension, extended record by record.
 
-    `create` writes the empty file atomically (dimensions, variables, attributes).
-    `append` opens it, writes the new records, closes it (so everything is flushed
-    to disk between appends) with SIGINT/SIGTERM deferred: the file on disk always
-    holds a whole number of appended blocks. `truncate` cuts it back to its first
-    records (used on resume), rebuilding the file from its readable records, so a
-    tail damaged by a hard kill or a full disk is repaired.
+    `create` writes the empty file atomically (dimensions, variables, attributes), in
+    netCDF's classic 64-bit-data format (CDF-5), whose records lie one after another
+    at the end of the file. `append` opens it, writes the new records, closes it (so
+    everything is flushed to disk between appends) with SIGINT/SIGTERM deferred; if
+    the append fails (a full disk, a file-size limit) the file is cut back to the
+    records it held before (`ClassicLayout.cut`), so it always holds a whole number of
+    appended blocks and stays readable. `truncate` cuts it back to its first records
+    (used on resume) in place, which also drops a tail damaged by a hard kill.
     """
+
+    FORMAT = "NETCDF3_64BIT_DATA"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -111,7 +180,7 @@ class AppendableNetCDF:
         import netCDF4
 
         def write(tmp):
-            with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+            with netCDF4.Dataset(tmp, "w", format=self.FORMAT) as nc:
                 nc.createDimension("time", None)
                 for name, size in dims.items():
                     nc.createDimension(name, size)
@@ -135,13 +204,20 @@ class AppendableNetCDF:
 
     def append(self, records: Mapping[str, np.ndarray]) -> None:
         """Append the `(k, ...)` arrays `records[name]` (every time variable) at the end."""
+        layout = ClassicLayout.read(self.path)
         try:
             with deferred_interrupts():
                 self._write(records)
         except (OSError, RuntimeError) as e:
+            kept = ""
+            if layout is not None:
+                with deferred_interrupts():
+                    layout.cut(self.path, layout.records)
+                kept = f"; it keeps its {layout.records} records"
+            why = NO_SPACE if no_space_error(self.path, e) else str(e)
             raise OSError(
-                f"Could not append to {str(self.path)!r} ({e}); the disk may be full. The "
-                "checkpoint is intact: free some space and continue with --resume."
+                f"Could not append to {str(self.path)!r} ({why}){kept}. The checkpoint is "
+                "intact: free some space and continue with --resume."
             ) from None
 
     def _write(self, records: Mapping[str, np.ndarray]) -> None:
@@ -154,13 +230,22 @@ class AppendableNetCDF:
                 nc.variables[name][n : n + values.shape[0]] = values
 
     def truncate(self, n: int) -> None:
-        """Keep only the first `n` records (rewritten atomically)."""
-        import xarray as xr
-
+        """Keep only the first `n` records: in place for a classic file (nothing is
+        allocated, so it works on a full disk), rewritten atomically otherwise (files
+        of earlier versions, netCDF-4)."""
         try:
+            layout = ClassicLayout.read(self.path)
+            if layout is not None:
+                if os.path.getsize(self.path) < layout.begin + n * layout.size:
+                    raise ValueError(f"it holds fewer than the checkpoint's {n} records")
+                with deferred_interrupts():
+                    layout.cut(self.path, n)
+                return
+            import xarray as xr
+
             with xr.open_dataset(self.path, engine="netcdf4", decode_times=False) as ds:
                 ds = ds.isel(time=slice(0, n)).load()
-        except (OSError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
             raise ValueError(
                 f"Cannot resume: the output file {str(self.path)!r} cannot be read back "
                 f"({e}); move it away and start afresh."
@@ -435,15 +520,17 @@ class Checkpoint(AbstractSink):
     A belief spread over several processes (a multi-process sharded run) is saved by
     all of them with `orbax-checkpoint` into the directory `path` (each process writes
     its own shards; restored with the same layout); otherwise the checkpoint is one
-    file."""
+    file. An existing checkpoint is only overwritten by a run that resumes from it, or
+    with `overwrite=True`."""
 
     every_process = True
 
-    def __init__(self, path, every: int | None = None):
+    def __init__(self, path, every: int | None = None, *, overwrite: bool = False):
         if every is not None and not (isinstance(every, int) and every >= 1):
             raise ValueError(f"`every` must be a positive int or None; got {every!r}.")
         self.path = Path(path)
         self.every = every
+        self.overwrite = overwrite
         self._lock = PathLock(self.path, "checkpoint file")
         self._saved = 0
 
@@ -451,11 +538,18 @@ class Checkpoint(AbstractSink):
         return [self.path]
 
     def check_writable(self) -> None:
-        """Refuse to overwrite a file that is not an assimilax checkpoint."""
+        """Refuse to overwrite a file that is not an assimilax checkpoint, or (unless
+        `overwrite`) an earlier run's checkpoint, which only a resume continues."""
         if self.path.exists() and not is_checkpoint(self.path):
             raise ValueError(
                 f"The checkpoint path {str(self.path)!r} holds a file that is not an "
                 "assimilax checkpoint; it will not be overwritten. Choose another path."
+            )
+        if self.path.exists() and not self.overwrite:
+            raise ValueError(
+                f"The checkpoint {str(self.path)!r} of an earlier run exists; continue that "
+                "run with --resume (resume=True), or start afresh with --overwrite-checkpoint "
+                "(Checkpoint(..., overwrite=True)) or after deleting it."
             )
 
     def load(self, like) -> tuple[object, dict]:

@@ -277,9 +277,10 @@ def duration_seconds(text: str) -> float:
         count = math.nan
     unit = parts[-1].rstrip("s") if parts[-1] not in _ALIASES else _ALIASES[parts[-1]]
     unit = _ALIASES.get(unit, unit)
-    if not (count > 0) or unit not in _SECONDS:
+    if not (0 < count < math.inf) or unit not in _SECONDS:
         raise ValueError(
-            f"{text!r} is not a duration: expected '<number> <unit>' with a unit among "
+            f"{text!r} is not a duration: expected '<number> <unit>' (a positive finite number) "
+            "with a unit among "
             f"{', '.join(_SECONDS)}, e.g. '6 hours'."
         )
     return count * _SECONDS[unit]
@@ -413,6 +414,8 @@ def read_observations(
     if "time" not in ds.variables:
         raise ValueError(f"{where} has no `time` coordinate (variables: {_names(ds)}).")
     obs, variable = _observed_variable(ds, variable, units, where)
+    if obs.shape[0] == 0:
+        raise ValueError(f"{where}: {variable!r} holds no records (its time axis is empty).")
     times, encoding = _model_times(ds["time"], time_unit, origin, where)
     if times.ndim != 1 or times.shape[0] != obs.shape[0]:
         raise ValueError(f"{where}: `time` must be 1-D along the observed variable's time axis.")
@@ -423,8 +426,7 @@ def read_observations(
             f"{where}: times must increase strictly; record {i} has a {kind} time "
             f"({ds['time'].values[i]!r} after {ds['time'].values[i - 1]!r})."
         )
-    values = np.asarray(obs.values, np.float64)
-    observed = ~np.isnan(values)
+    values, observed = _checked_values(obs, variable, where)
     std, std_source, has_std = _error_std(ds, obs, variable, noise_std, override_std, where)
     # One source for the error std: the operator's noise when it is fixed per sensor
     # (the usual case), else per value in the series (which then replaces it).
@@ -444,15 +446,54 @@ def read_observations(
         jnp.asarray(values, dtype),
         noise_std=jnp.asarray(np.where(observed, std, 1.0), dtype) if varies else None,
     )
-    truth = None
-    if "truth" in ds.data_vars:
-        truth = np.asarray(ds["truth"].values)
-        if truth.shape != (len(times), *shape):
-            raise ValueError(
-                f"{where}: `truth` must have shape {(len(times), *shape)} for this model; got "
-                f"{truth.shape} (another model or dimension?)."
-            )
+    truth = _truth(ds, (len(times), *shape), where)
     return SensorData(series, truth, encoding, dict(ds.attrs), std_source, has_std)
+
+
+def _truth(ds, shape, where):
+    """The file's `truth` variable `(K, *state)` (checked: numbers, shape, finite), or
+    None if it has none."""
+    if "truth" not in ds.data_vars:
+        return None
+    truth = np.asarray(_numeric(ds["truth"], "truth", where).values)
+    if truth.shape != shape:
+        raise ValueError(
+            f"{where}: `truth` must have shape {shape} for this model; got "
+            f"{truth.shape} (another model or dimension?)."
+        )
+    if not np.isfinite(truth).all():
+        k = int(np.argwhere(~np.isfinite(truth))[0][0])
+        raise ValueError(
+            f"{where}: `truth` must be finite (it is what the analyses are scored "
+            f"against); record {k} holds NaN or infinite values."
+        )
+    return truth
+
+
+def _checked_values(obs, variable, where):
+    """The observed values as float64 and where they are present (not NaN), refusing a
+    variable with none present or with infinite values."""
+    values = np.asarray(obs.values, np.float64)
+    observed = ~np.isnan(values)
+    if not observed.any():
+        raise ValueError(
+            f"{where}: every value of {variable!r} is missing (NaN or _FillValue); there is "
+            "nothing to assimilate."
+        )
+    if np.isinf(values).any():
+        k, j = (int(i) for i in np.argwhere(np.isinf(values))[0])
+        raise ValueError(
+            f"{where}: {variable!r} must be finite or missing; it is {values[k, j]!r} at "
+            f"record {k}, sensor {j}."
+        )
+    return values, observed
+
+
+def _numeric(var, name: str, where: str):
+    """`var`, if its values are numbers (text such as '1.5' is refused, not parsed)."""
+    if not (np.issubdtype(var.dtype, np.number) and not np.issubdtype(var.dtype, np.bool_)):
+        raise ValueError(f"{where}: {name!r} must hold numbers; it has dtype {var.dtype}.")
+    return var
 
 
 def _names(ds) -> str:
@@ -477,7 +518,7 @@ def _observed_variable(ds, variable, units, where):
             variable = candidates[0]
     if variable not in ds.data_vars:
         raise ValueError(f"{where} has no variable {variable!r}; it has: {_names(ds)}.")
-    obs = ds[variable]
+    obs = _numeric(ds[variable], variable, where)
     if obs.ndim != 2 or "time" not in obs.dims:
         raise ValueError(
             f"{where}: {variable!r} must have dimensions (time, sensor); got {obs.dims}."
@@ -506,7 +547,7 @@ def _error_std(ds, obs, variable, noise_std, override_std, where):
             f"{where} has no error standard deviation for {variable!r} (no {std_name!r}); "
             "give one (`noise_std`, CLI --obs-std)."
         )
-    std = ds[std_name]
+    std = _numeric(ds[std_name], std_name, where)
     std = std.transpose(*[d for d in obs.dims if d in std.dims])
     std = np.broadcast_to(np.asarray(std.values, np.float64), obs.shape)
     bad = ~np.isnan(np.asarray(obs.values, np.float64)) & ~((std > 0) & np.isfinite(std))

@@ -20,6 +20,7 @@ least the number of cycles the gradient is exact (what the finite-difference tes
 checks).
 """
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -33,6 +34,7 @@ import optax
 from jax import lax
 
 from ._assimilate import check_key, check_run_inputs
+from ._checks import check_memory
 from ._custom_types import RealScalarLike
 from ._ensemble import Ensemble, as_ensemble
 from ._streams import ObservationSeries
@@ -174,6 +176,10 @@ def tune(
         raise TypeError("`tune` needs an ensemble filter (its loss reads the forecast members).")
     check_run_inputs(base, dynamics, series.observation, belief0, series.values.dtype)
     names = list(initial)
+    # Forward mode carries 2 copies (value, tangent) of the run per setting, at once.
+    n, d = as_ensemble(belief0).members.shape[0], math.prod(dynamics.state_shape)
+    needed = 8.0 * 2 * len(names) * (30 * n * (d + n) + d * n**2 + 8 * len(series))
+    check_memory(needed, f"Tuning {len(names)} setting(s) with {n} members at d={d}")
     build = _builder(names, leaves, treedef, static, where)
     objective = _objective(build, dynamics, series, belief0, key, loss, window, t0, burn_in)
 

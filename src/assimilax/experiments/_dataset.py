@@ -157,6 +157,11 @@ def summarise(ds) -> dict[str, dict[str, float]]:
     `SUMMARY_COLUMNS` (`spread_skill` is mean spread over mean RMSE; `coverage_90` the
     mean fraction of components inside the 90 % interval), `failed` (non-finite) and
     `diverged` (lost track: `metrics.divergence` of the innovation ratio)."""
+    if "burn_in" not in ds.attrs or "filter" not in ds.coords:
+        raise ValueError(
+            "summarise needs a twin-experiment dataset (`twin_experiment`, `assimilax twin "
+            "--out`): this one has no `burn_in` attribute or `filter` coordinate."
+        )
     burn_in = int(ds.attrs["burn_in"])
     out = {}
     for name in ds["filter"].values.tolist():

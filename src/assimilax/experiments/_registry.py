@@ -2,6 +2,7 @@
 what the CLI, the benchmarks and the Python shortcuts build."""
 
 import math
+import numbers
 from collections.abc import Callable
 
 import jax.random as jr
@@ -55,6 +56,11 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
 # Filters whose background is the model's climatology (`climatology_statistics`).
 CLIMATOLOGICAL = ("var3d", "oi")
 # The options each filter takes by name (from the CLI or `make_filter` overrides).
+# Options that take one real number (checked by `make_filter`: '1.05' is refused).
+NUMERIC_OPTIONS = frozenset(
+    ("inflation", "radius", "bandwidth", "threshold", "regularisation", "ess_target")
+)
+
 OPTIONS: dict[str, tuple[str, ...]] = {
     "etkf": ("inflation", "rotate"),
     "letkf": ("inflation", "radius"),
@@ -125,6 +131,13 @@ def make_filter(
             f"Option(s) {', '.join(unknown)} do not apply to filter {name!r}; it takes "
             f"{', '.join(OPTIONS[name])}."
         )
+    for key, value in given.items():
+        array_like = isinstance(value, numbers.Real) or hasattr(value, "dtype")  # (tracers)
+        if key in NUMERIC_OPTIONS and (isinstance(value, bool | str | bytes) or not array_like):
+            raise TypeError(
+                f"Option {key!r} of filter {name!r} must be a number; got {value!r} "
+                f"({type(value).__name__})."
+            )
     options = {**setup.filter_defaults.get(name, {}), **given}
     dim = setup.default_dim if dim is None else dim
     if name in CLIMATOLOGICAL:

@@ -5,8 +5,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jax import lax
 
+from .._checks import is_concrete
 from .._custom_types import Array, Float, PRNGKeyArray
 from .._streams import ObservationSeries
 from ..dynamics import (
@@ -19,9 +21,25 @@ from ..observations import AbstractObservation
 from ._presets import ModelSetup
 
 
-@eqx.filter_jit
 def truth_run(dynamics, x0, times, key):
-    """States at `times` (K,) starting from `x0` at time 0 (one `lax.scan`)."""
+    """States at `times` (K,) starting from `x0` at time 0 (one `lax.scan`).
+
+    **Raises:** `ValueError` if the run blows up (non-finite states), outside `jit`."""
+    states = _truth_run(dynamics, x0, times, key)
+    if is_concrete(states):
+        bad = np.nonzero(~np.isfinite(np.asarray(states)).reshape(len(times), -1).all(axis=1))[0]
+        if bad.size:
+            raise ValueError(
+                f"The truth run of {type(dynamics).__name__} blew up: non-finite states from "
+                f"time {float(times[bad[0]]):.6g} (cycle {int(bad[0])}) on. The model is "
+                "unstable at these settings: try another dimension, a shorter time step or "
+                "a smaller initial perturbation."
+            )
+    return states
+
+
+@eqx.filter_jit
+def _truth_run(dynamics, x0, times, key):
 
     def _step(carry, inputs):
         x, t_prev = carry

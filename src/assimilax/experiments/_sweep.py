@@ -1,6 +1,7 @@
 """Sweeps: a grid of filter settings x seeds in one compiled, vmapped run."""
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -11,6 +12,7 @@ import jax.random as jr
 import numpy as np
 
 from .._assimilate import assimilate
+from .._checks import check_memory
 from .._ensemble import Ensemble
 from .._io import describe
 from .._results import RESULTS
@@ -61,6 +63,31 @@ def _check_grid(grid) -> dict[str, np.ndarray]:
     return out
 
 
+# Cells (grid points x seeds) of one sweep at most: each point builds a filter in Python.
+MAX_CELLS = 1_000_000
+
+
+def check_sweep_size(grid, seeds: int, members: int, state_size: int, cycles: int) -> None:
+    """Refuse, before any filter is built or compiled, a sweep of more than `MAX_CELLS`
+    cells or whose vmapped run would not fit in memory: every cell holds an ensemble
+    and its analysis' working arrays (~30 ensemble copies, `members^2` per local
+    analysis) and its per-cycle diagnostics at once."""
+    points = math.prod(len(np.atleast_1d(v)) for v in grid.values())
+    cells = points * seeds
+    if cells > MAX_CELLS:
+        raise ValueError(
+            f"`grid` x `seeds` makes {cells:,} cells ({points:,} points x {seeds} seeds), "
+            f"more than the {MAX_CELLS:,} a sweep takes; use fewer values."
+        )
+    per_cell = (
+        8.0 * (30 * members * (state_size + members) + state_size * members**2 + 8 * cycles)
+        + 16.0 * cycles * state_size / points
+    )
+    check_memory(
+        cells * per_cell, f"A sweep of {cells:,} cells ({points:,} points x {seeds} seeds)"
+    )
+
+
 def sweep(
     make_filter: Callable[..., AbstractFilter],
     grid: Mapping[str, Sequence],
@@ -107,6 +134,7 @@ def sweep(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("`seeds` must hold at least one seed.")
+    check_sweep_size(values, len(seeds), max(sizes), math.prod(dynamics.state_shape), cycles)
     points = [dict(zip(values, p, strict=True)) for p in itertools.product(*values.values())]
     filters = [make_filter(**{k: v.item() for k, v in p.items()}) for p in points]
     _check_inputs({"grid": filters[0]}, min(sizes), cycles, burn_in, obs_interval, init_std)

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._assimilate import assimilate
 from .._custom_types import PRNGKeyArray
 from .._driver import assimilate_stream, progress_sinks
 from .._ensemble import Ensemble
@@ -18,6 +17,11 @@ from ..filters import AbstractFilter
 from ..observations import AbstractObservation
 from ._dataset import twin_dataset
 from ._simulate import perturbations, synthetic_observations, truth_run
+
+
+# Cycles per compiled call of a twin run: short enough that Ctrl-C or SIGTERM (seen
+# between calls) stops it within seconds, long enough that the calls cost nothing.
+TWIN_CHUNK = 100
 
 
 def twin_experiment(
@@ -159,12 +163,11 @@ def _run_filters(filters, dynamics, series, ensemble, truth, key, progress, layo
     for name, flt in filters.items():
         start = time.perf_counter()
         belief0 = flt.init(ensemble, key=key)
-        sinks = progress_sinks(progress, name)
-        run = dict(key=key, truth=truth, throw=False, **layout)
-        if sinks:
-            sol = assimilate_stream(flt, dynamics, series, belief0, sinks=sinks, **run)
-        else:
-            sol = assimilate(flt, dynamics, series, belief0, **run)
+        # In chunks, as with a progress bar: a signal is honoured between chunks.
+        sol = assimilate_stream(
+            flt, dynamics, series, belief0, key=key, truth=truth, throw=False,
+            sinks=progress_sinks(progress, name), chunk_size=TWIN_CHUNK, **layout,
+        )  # fmt: skip
         jax.block_until_ready(sol.analysis_mean)
         seconds.append(time.perf_counter() - start)
         solutions[name] = sol
