@@ -136,3 +136,38 @@ def test_divergence_needs_sustained_large_innovations():
     assert not metrics.divergence(lost, burn_in=0, window=400)
     assert metrics.divergence(np.r_[calm, np.nan])
     assert not metrics.divergence(np.r_[np.full(50, 40.0), calm], burn_in=50)
+
+
+def test_uninformative_flags_an_error_near_climatology():
+    from assimilax.metrics import climatological_error, uninformative
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(2.0, 3.0, (400, 5))
+    reference = climatological_error(truth)
+    assert abs(reference - 3.0) < 0.15
+    tracking = np.full(400, 0.3 * reference)
+    assert not uninformative(tracking, reference, 40)
+    gave_up = tracking.copy()
+    gave_up[200:260] = 0.9 * reference  # a sustained window near climatology
+    assert uninformative(gave_up, reference, 40)
+    blip = tracking.copy()
+    blip[200:203] = 5 * reference  # three bad cycles are no window
+    assert not uninformative(blip, reference, 40)
+
+
+def test_a_twin_that_learns_nothing_is_flagged():
+    """Observations 30x noisier than the climate: the ETKF's analysis error is the
+    climatological one, its innovations consistent: UNINFORMATIVE, not silent."""
+    import assimilax as ax
+    from assimilax.dynamics import Lorenz96
+    from assimilax.experiments import status
+    from assimilax.filters import ETKF
+    from assimilax.observations import Identity
+
+    run = dict(key=jr.key(0), members=10, cycles=300, obs_interval=0.05, burn_in=50)
+    run.update(x0=8.0 + jnp.arange(8.0) / 8, spinup_time=5.0)
+    for std, flagged in ((100.0, True), (1.0, False)):
+        ds = ax.twin_experiment(Lorenz96(8), Identity(8, noise_std=std), {"etkf": ETKF()}, **run)
+        row = ax.summarise(ds)["etkf"]
+        assert row["uninformative"] == flagged and not row["diverged"], (std, row)
+        assert (status(row) == "UNINFORMATIVE") == flagged

@@ -898,7 +898,8 @@ def _run_twin(args) -> int:
     if bad:
         print(
             f"assimilax twin: {', '.join(f'{n} {status(scores[n])}' for n in bad)} (lost track: "
-            "innovations far beyond the spread); try more members or inflation",
+            "innovations far beyond the spread, or an analysis error near the climatological "
+            "error); try more members or inflation",
             file=sys.stderr,
         )
         return 1

@@ -49,6 +49,11 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
         "(metrics.divergence)",
         None,
     ),
+    "uninformative": (
+        "1 if the filter gave up: analysis RMSE above 0.7 of the climatological error for "
+        "a sustained window (metrics.uninformative)",
+        None,
+    ),
     "filter_description": ("filter configuration", None),
     "wall_seconds": ("wall-clock seconds of the assimilation, compilation included", "s"),
 }

@@ -239,6 +239,37 @@ def divergence(
     return bool(np.any(medians > threshold))
 
 
+# A filter is uninformative when its analysis error stays this large a fraction of the
+# climatological error (the error of the climatological mean): it gained next to nothing
+# from the observations, whatever its innovation statistics say (spread grown to
+# climatology makes them look consistent).
+UNINFORMATIVE_FRACTION = 0.7
+
+
+def uninformative(
+    rmse, climatological_error: float, burn_in: int = 0, *, window: int | None = None,
+    fraction: float = UNINFORMATIVE_FRACTION,
+) -> bool:  # fmt: skip
+    """Whether a filter gave up: the windowed median of its analysis `rmse` series (K,)
+    exceeds `fraction` of `climatological_error` somewhere after `burn_in` (the window as
+    `divergence`'s). Non-finite errors count (as divergence does)."""
+    r = np.asarray(rmse, np.float64)[burn_in:]
+    if r.size == 0 or not climatological_error > 0:
+        return False
+    if not np.all(np.isfinite(r)):
+        return True
+    w = min(r.size, max(10, r.size // 20)) if window is None else min(window, r.size)
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(r, w), axis=1)
+    return bool(np.any(medians > fraction * climatological_error))
+
+
+def climatological_error(truth, burn_in: int = 0) -> float:
+    """The RMSE of the climatological mean as an estimate of `truth` (K, *state): the
+    root of the mean over components of their variance in time (after `burn_in`)."""
+    x = np.asarray(truth, np.float64)[burn_in:]
+    return float(np.sqrt(np.mean(np.var(x.reshape(x.shape[0], -1), axis=0))))
+
+
 def gaussian_crps(mean, std, truth):
     """The closed-form CRPS of `N(mean, std^2)` at `truth` (scoringrules), for reference."""
     from scoringrules import crps_normal

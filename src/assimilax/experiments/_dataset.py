@@ -9,7 +9,15 @@ import numpy as np
 from .. import _schema
 from .._assimilate import Solution
 from .._results import RESULTS
-from ..metrics import COVERAGE_LEVELS, divergence, rank_bins, spread_skill_ratio, time_average
+from ..metrics import (
+    COVERAGE_LEVELS,
+    climatological_error,
+    divergence,
+    rank_bins,
+    spread_skill_ratio,
+    time_average,
+    uninformative,
+)
 from ..observations import AbstractObservation, Identity, Subsample
 
 
@@ -81,6 +89,9 @@ def twin_dataset(
     failed = np.array([int(s.result != RESULTS.successful) for s in results], np.int8)
     ratio = stack("innovation_ratio")
     diverged = np.array([int(divergence(r, burn_in)) for r in ratio], np.int8)
+    reference = climatological_error(truth, burn_in)
+    gave_up = [uninformative(e, reference, burn_in) for e in stack("rmse_analysis")]
+    gave_up = np.array(gave_up, np.int8) * (1 - failed) * (1 - diverged)
     obs_values = np.where(np.asarray(series.mask), np.asarray(series.values), np.nan)
     data = {
         "truth": (("time", *sdims), np.asarray(truth)),
@@ -100,6 +111,7 @@ def twin_dataset(
         "spread_forecast": (("filter", "time"), stack("forecast_spread")),
         "failed": (("filter",), failed),
         "diverged": (("filter",), diverged),
+        "uninformative": (("filter",), gave_up),
         "filter_description": (("filter",), np.array([descriptions[n] for n in names])),
         "wall_seconds": (("filter",), np.asarray(seconds, np.float64)),
     }
@@ -156,7 +168,8 @@ def summarise(ds) -> dict[str, dict[str, float]]:
     """Time-averaged scores per filter, after the dataset's `burn_in` cycles: the
     `SUMMARY_COLUMNS` (`spread_skill` is mean spread over mean RMSE; `coverage_90` the
     mean fraction of components inside the 90 % interval), `failed` (non-finite) and
-    `diverged` (lost track: `metrics.divergence` of the innovation ratio)."""
+    `diverged` (lost track: `metrics.divergence` of the innovation ratio) and
+    `uninformative` (gave up: `metrics.uninformative`)."""
     if "burn_in" not in ds.attrs or "filter" not in ds.coords:
         raise ValueError(
             "summarise needs a twin-experiment dataset (`twin_experiment`, `assimilax twin "
@@ -187,12 +200,18 @@ def summarise(ds) -> dict[str, dict[str, float]]:
             row[f"coverage_{round(100 * level)}"] = float(value)
         out[name] = {col: row[col] for col in SUMMARY_COLUMNS}
         out[name]["failed"] = bool(sel["failed"].values)
-        out[name]["diverged"] = bool(sel["diverged"].values) if "diverged" in sel else False
+        for flag in ("diverged", "uninformative"):  # absent from older files
+            out[name][flag] = bool(sel[flag].values) if flag in sel else False
         if "rmse_smoothed" in sel:  # smoothers only; NaN for the filters beside them
             out[name]["rmse_smoothed"] = float(time_average(sel["rmse_smoothed"].values, burn_in))
     return out
 
 
 def status(row: Mapping[str, object]) -> str:
-    """'FAILED' (non-finite), 'DIVERGED' (lost track) or '' for a summary row."""
-    return "FAILED" if row["failed"] else ("DIVERGED" if row["diverged"] else "")
+    """'FAILED' (non-finite), 'DIVERGED' (lost track: innovations far beyond the
+    spread), 'UNINFORMATIVE' (gave up: analysis error near the climatological error,
+    `metrics.uninformative`) or '' for a summary row."""
+    for flag in ("failed", "diverged", "uninformative"):
+        if row.get(flag):
+            return flag.upper()
+    return ""
