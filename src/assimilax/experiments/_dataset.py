@@ -61,6 +61,16 @@ def _stack(arrays, shape):
     return np.stack([np.full(shape, np.nan) if a is None else np.asarray(a) for a in arrays])
 
 
+def _flags(results, ratio, rmse, truth, burn_in):
+    """`failed` (non-finite), `diverged` (lost track) and `uninformative` (gave up) per
+    filter, each int8 and exclusive of the ones before it."""
+    failed = np.array([int(s.result != RESULTS.successful) for s in results], np.int8)
+    diverged = np.array([int(divergence(r, burn_in)) for r in ratio], np.int8)
+    reference = climatological_error(truth, burn_in)
+    gave_up = np.array([uninformative(e, reference, burn_in) for e in rmse], np.int8)
+    return failed, diverged, gave_up * (1 - failed) * (1 - diverged)
+
+
 def twin_dataset(
     truth,
     series,
@@ -86,12 +96,8 @@ def twin_dataset(
     score = lambda name: _stack(
         [None if s.scores is None else s.scores[name] for s in results], shapes.get(name, (k,))
     )
-    failed = np.array([int(s.result != RESULTS.successful) for s in results], np.int8)
     ratio = stack("innovation_ratio")
-    diverged = np.array([int(divergence(r, burn_in)) for r in ratio], np.int8)
-    reference = climatological_error(truth, burn_in)
-    gave_up = [uninformative(e, reference, burn_in) for e in stack("rmse_analysis")]
-    gave_up = np.array(gave_up, np.int8) * (1 - failed) * (1 - diverged)
+    failed, diverged, gave_up = _flags(results, ratio, stack("rmse_analysis"), truth, burn_in)
     obs_values = np.where(np.asarray(series.mask), np.asarray(series.values), np.nan)
     data = {
         "truth": (("time", *sdims), np.asarray(truth)),
