@@ -30,7 +30,7 @@ def cases(quick: bool):
     from assimilax.observations import Subsample
 
     out = []
-    if quick:  # the LETKF hangs XLA:CPU's collectives on virtual devices beyond d ~ 10^2
+    if quick:  # the quick run: the global filters only
         dyn, obs = Lorenz96(10_000), Subsample.every(10_000, 10, noise_std=1.0)
         out.append(("L96 d=1e+04 ETKF", dyn, obs, ETKF(1.02), 20, "strong", "members"))
         out.append(("L96 d=1e+04 ETKF", dyn, obs, ETKF(1.02), 10, "weak", "members"))
@@ -113,7 +113,7 @@ def main():
         env = dict(os.environ, _SCALING_CHILD="1")
         import assimilax as ax
 
-        env["XLA_FLAGS"] = ax.cpu_xla_flags(max(counts))
+        env.update(ax.cpu_environment(max(counts)))  # XLA_FLAGS and PJRT_NPROC
         raise SystemExit(subprocess.call([sys.executable, *sys.argv], env=env))
     if jax.device_count() < max(counts):
         parser.error(f"--devices: JAX sees {jax.device_count()} device(s); got {max(counts)}")

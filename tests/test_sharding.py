@@ -1,8 +1,8 @@
 """Beliefs sharded over devices give the single-device numbers (issue 19).
 
-Runs in a subprocess with 4 virtual CPU devices
-(`XLA_FLAGS=--xla_force_host_platform_device_count=4` and the scheduler flag of
-`assimilax.cpu_xla_flags`), which must be set before JAX starts; meshes of 1, 2 and 4.
+Runs in a subprocess with 4 virtual CPU devices and a thread pool that leaves the
+batched LAPACK kernels spare threads (`assimilax.cpu_environment`: `XLA_FLAGS` and
+`PJRT_NPROC`, set before JAX starts); meshes of 1, 2 and 4.
 """
 
 import os
@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent(
 def test_sharded_runs_match_one_device():
     """ETKF, LETKF (members or grid points split), particle filter and EnSF on 1, 2 and
     4 devices: analyses and final members within 1e-12 of the one-device run."""
-    env = dict(os.environ, XLA_FLAGS=ax.cpu_xla_flags(4))
+    env = dict(os.environ, **ax.cpu_environment(4))
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
     )
@@ -112,7 +112,7 @@ def test_no_quadratic_memory_at_a_million_variables(name):
 @pytest.mark.slow
 def test_cli_devices_flag_gives_the_same_twin(tmp_path):
     """`assimilax twin --devices 4` on 4 virtual devices writes the one-device numbers."""
-    env = dict(os.environ, XLA_FLAGS=ax.cpu_xla_flags(4))
+    env = dict(os.environ, **ax.cpu_environment(4))
     run = ["assimilax", "twin", "--cycles", "40", "--no-progress", "--filters", "etkf,letkf"]
     for name, extra in (("one", []), ("four", ["--devices", "4"])):
         cmd = [*run, "--out", str(tmp_path / f"{name}.nc"), *extra]

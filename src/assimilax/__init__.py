@@ -24,6 +24,7 @@ _LAZY = {
     "shard": "._sharding",
     "initialize_distributed": "._sharding",
     "cpu_xla_flags": "._sharding",
+    "cpu_environment": "._sharding",
     "describe": "._io",
     "read_netcdf": "._io",
     "write_netcdf": "._io",
@@ -101,6 +102,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ._report import report as report
     from ._results import RESULTS as RESULTS
     from ._sharding import (
+        cpu_environment as cpu_environment,
         cpu_xla_flags as cpu_xla_flags,
         device_mesh as device_mesh,
         initialize_distributed as initialize_distributed,

@@ -10,7 +10,6 @@ import math
 import os
 import signal
 import sys
-import threading
 
 
 _SEED_MAX = 2**32 - 1
@@ -1060,23 +1059,9 @@ def _signals(args):
 
     if any(getattr(args, k, None) for k in ("checkpoint_every", "checkpoint", "resume")):
         return contextlib.nullcontext()
+    from ._signals import default_signals
 
-    @contextlib.contextmanager
-    def default():
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        sigs = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.getsignal(s) for s in sigs}
-        for s in sigs:
-            signal.signal(s, signal.SIG_DFL)
-        try:
-            yield
-        finally:
-            for s in sigs:
-                signal.signal(s, previous[s])
-
-    return default()
+    return default_signals()
 
 
 def _interrupt(signum, frame):

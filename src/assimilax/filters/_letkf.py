@@ -8,6 +8,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+# Imported for its start-up effect: with at least as many virtual CPU devices as cores,
+# XLA:CPU's thread pool gets spare threads for the batched LAPACK calls of the local
+# analyses below, which hang sharded runs otherwise (`_sharding.reserve_cpu_threads`).
+from .. import _sharding  # noqa: F401
 from .._custom_types import Array, Float
 from .._ensemble import flatten_members
 from ..observations.base import grid_coordinates
