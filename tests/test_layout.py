@@ -17,7 +17,7 @@ FLOORS = [
     {"filters", "_streams", "metrics", "stylized", "diffusion"},
     {"observations", "_ensemble", "_sharding", "_belief", "_covariance"},
     {"dynamics", "_schema"},
-    {"_io", "_checks", "_results", "_custom_types", "_resampling"},
+    {"_io", "_checks", "_results", "_custom_types", "_resampling", "_signals"},
 ]
 
 
