@@ -100,6 +100,17 @@ OUTPUT_FILE = Kind(
     ),
 )
 UNET_CHANNELS = listing(POSITIVE_INT, at_least=2, distinct=False)  # widths per U-Net level
+# The entries of a score network's training run (`diffusion` toolkit), shared by the
+# scripts that train one.
+TRAINING_KINDS = dict(
+    channels=UNET_CHANNELS,
+    time_dim=EVEN_POSITIVE_INT,
+    steps=POSITIVE_INT,
+    batch=POSITIVE_INT,
+    lr=POSITIVE_FLOAT,
+    ema=DECAY,
+    sample_steps=POSITIVE_INT,
+)
 
 
 def _entry(kinds: Mapping[str, Kind]) -> Callable[[str], tuple[str, Any]]:

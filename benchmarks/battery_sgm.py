@@ -26,13 +26,10 @@ import os
 import time
 
 from _common import (
-    DECAY,
-    EVEN_POSITIVE_INT,
     FOLDER,
     OUTPUT_FILE,
-    POSITIVE_FLOAT,
     POSITIVE_INT,
-    UNET_CHANNELS,
+    TRAINING_KINDS,
     Parser,
     add_config_arguments,
     check_unet,
@@ -50,13 +47,7 @@ CONFIGS = {
                  posterior_samples=1000),
 }  # fmt: skip
 KINDS = dict(
-    channels=UNET_CHANNELS,
-    time_dim=EVEN_POSITIVE_INT,
-    steps=POSITIVE_INT,
-    batch=POSITIVE_INT,
-    lr=POSITIVE_FLOAT,
-    ema=DECAY,
-    sample_steps=POSITIVE_INT,
+    **TRAINING_KINDS,
     held_out=POSITIVE_INT,
     samples=integer(2),  # bands and variances of the samples
     trials=POSITIVE_INT,

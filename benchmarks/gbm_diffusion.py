@@ -25,12 +25,9 @@ gain/loss first-passage modes. Prints the table; saves `gbm_diffusion.png`.
 import time
 
 from _common import (
-    DECAY,
-    EVEN_POSITIVE_INT,
     OUTPUT_FILE,
-    POSITIVE_FLOAT,
     POSITIVE_INT,
-    UNET_CHANNELS,
+    TRAINING_KINDS,
     Parser,
     add_config_arguments,
     check_unet,
@@ -52,13 +49,7 @@ CONFIGS = {
 KINDS = dict(
     length=integer(51),  # the ACF and leverage lags reach 50
     stride=POSITIVE_INT,
-    channels=UNET_CHANNELS,
-    time_dim=EVEN_POSITIVE_INT,
-    steps=POSITIVE_INT,
-    batch=POSITIVE_INT,
-    lr=POSITIVE_FLOAT,
-    ema=DECAY,
-    sample_steps=POSITIVE_INT,
+    **TRAINING_KINDS,
     samples=integer(2),  # the tail exponent needs 100 returns
 )
 SCHEDULES = ("exponential", "linear", "cosine")
