@@ -25,8 +25,11 @@ from assimilax.filters import (
     HybridScoreFilter,
     IEnKS,
     KalmanFilter,
+    LocalParticleFilter,
+    NormalScoreEnKF,
     OptimalInterpolation,
     OptimalProposalFilter,
+    RankHistogramFilter,
     ScoreFilter,
     SerialEnSRF,
     StochasticEnKF,
@@ -103,6 +106,12 @@ CASES = [
     ("var3d", Var3D(4.0 * jnp.eye(8), 0.5), ["l96-arctan"]),
     ("oi", OptimalInterpolation(jnp.full(8, 2.0), 12.0 * jnp.eye(8)), ["l96-arctan"]),
     ("sf-smc", _score_filter_smc, ["l96-arctan"]),
+    ("rhf", RankHistogramFilter(), ["linear"]),
+    ("rhf-local", RankHistogramFilter(1.02, radius=2.0), ["l96-arctan"]),
+    ("ns-enkf", NormalScoreEnKF(), ["linear"]),
+    ("ns-enkf-local", NormalScoreEnKF(1.02, radius=2.0), ["l96-arctan"]),
+    ("lpf", LocalParticleFilter(radius=1000.0, jitter=0.3), ["linear"]),
+    ("lpf-local", LocalParticleFilter(radius=2.0, jitter=0.3), ["l96-arctan"]),
 ]
 # The slow suite runs every pair; the default one each filter once (SMC with its
 # particles only there), which keeps it inside its time (a filter name, or name-problem).
@@ -110,7 +119,7 @@ SLOW = {
     "ensf-smc", "sf-smc", "optimal-proposal-linear", "ienks-linear", "serial-linear",
     "enks-l96-arctan", "enkf-n-l96-arctan", "extkf-l96-arctan", "enkf-l96-arctan",
     "letkf-l96-arctan", "bootstrap-l96-arctan", "ensf-l96-arctan", "hybrid-l96-arctan",
-    "denkf-l96-arctan", "adaptive-letkf-linear", "enks-linear",
+    "denkf-l96-arctan", "adaptive-letkf-linear", "enks-linear", "rhf", "ns-enkf", "lpf",
 }  # fmt: skip
 PAIRS = [
     pytest.param(

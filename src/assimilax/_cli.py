@@ -106,7 +106,7 @@ def _twin_parser(sub) -> None:
         "--filters",
         default="etkf,letkf,enkf",
         help="comma-separated: etkf,letkf,enkf,pf,ensf,hybrid,sf,enkf-n,denkf,extkf,var3d,oi,"
-        "ienks,serial,enks",
+        "ienks,serial,enks,rhf,ns-enkf,lpf",
     )
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
@@ -716,7 +716,7 @@ def _tune_filter(args, setup, dim, dynamics, series, ensemble, key, t0):
         if n not in ("inflation", "radius") or n not in OPTIONS.get(name, ()):
             raise ValueError(f"--tune: {name} has no tunable setting {n!r} (inflation, radius).")
         start = given[n] if given[n] is not None else defaults.get(n)
-        if start is None:
+        if start is None or isinstance(start, bool) or not isinstance(start, int | float):
             raise ValueError(f"--tune {n}: give a starting value with --{n}.")
         initial[n] = float(start)
     fixed = {k: v for k, v in given.items() if k not in initial}

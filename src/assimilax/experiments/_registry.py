@@ -20,7 +20,10 @@ from ..filters import (
     ExtendedKalmanFilter,
     HybridScoreFilter,
     IEnKS,
+    LocalParticleFilter,
+    NormalScoreEnKF,
     OptimalInterpolation,
+    RankHistogramFilter,
     ScoreFilter,
     SerialEnSRF,
     StochasticEnKF,
@@ -52,13 +55,16 @@ FILTERS: dict[str, Callable[..., AbstractFilter]] = {
     "ienks": IEnKS,
     "serial": SerialEnSRF,
     "enks": _enks,
+    "rhf": RankHistogramFilter,
+    "ns-enkf": NormalScoreEnKF,
+    "lpf": LocalParticleFilter,
 }
 # Filters whose background is the model's climatology (`climatology_statistics`).
 CLIMATOLOGICAL = ("var3d", "oi")
 # The options each filter takes by name (from the CLI or `make_filter` overrides).
 # Options that take one real number (checked by `make_filter`: '1.05' is refused).
 NUMERIC_OPTIONS = frozenset(
-    ("inflation", "radius", "bandwidth", "threshold", "regularisation", "ess_target")
+    ("inflation", "radius", "bandwidth", "threshold", "regularisation", "ess_target", "jitter")
 )
 
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -103,6 +109,9 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "ienks": ("iterations", "lag", "mda", "inflation", "rotate"),
     "serial": ("inflation", "radius", "rotate"),
     "enks": ("lag", "inflation", "rotate"),
+    "rhf": ("inflation", "radius", "rotate"),
+    "ns-enkf": ("inflation", "radius"),
+    "lpf": ("radius", "jitter", "ess_target", "inflation", "resampling"),
 }
 
 
@@ -110,8 +119,8 @@ def make_filter(
     name: str, model: str | ModelSetup, *, dim: int | None = None, **overrides
 ) -> AbstractFilter:
     """Build filter `name` (a key of `FILTERS`: 'etkf', 'letkf', 'enkf', 'pf', 'ensf',
-    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks', 'serial', 'enks') with
-    the defaults tuned for `model`.
+    'hybrid', 'sf', 'enkf-n', 'denkf', 'extkf', 'var3d', 'oi', 'ienks', 'serial', 'enks',
+    'rhf', 'ns-enkf', 'lpf') with the defaults tuned for `model`.
 
     `overrides` (e.g. `inflation=1.05`, `radius=6.0`, `threshold=0.5`) replace the
     defaults; a value of None keeps the default. An option the filter does not take

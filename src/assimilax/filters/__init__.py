@@ -28,6 +28,7 @@ from ._inflation import (
 )
 from ._kalman import KalmanFilter as KalmanFilter
 from ._letkf import LETKF as LETKF
+from ._local_pf import LocalParticleFilter as LocalParticleFilter
 from ._localisation import (
     GaspariCohn as GaspariCohn,
     gaspari_cohn as gaspari_cohn,
@@ -47,7 +48,15 @@ from ._score import (
     ScoreFilter as ScoreFilter,
     mixture_score as mixture_score,
 )
-from ._serial import SerialEnSRF as SerialEnSRF
+from ._serial import (
+    AbstractSerialFilter as AbstractSerialFilter,
+    Anamorphosis as Anamorphosis,
+    NormalScoreEnKF as NormalScoreEnKF,
+    RankHistogramFilter as RankHistogramFilter,
+    SerialEnSRF as SerialEnSRF,
+    adjustment_increments as adjustment_increments,
+    rank_histogram_increments as rank_histogram_increments,
+)
 from ._smoother import (
     AbstractLaggedEnsemble as AbstractLaggedEnsemble,
     EnKS as EnKS,
