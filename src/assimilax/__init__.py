@@ -49,6 +49,9 @@ _LAZY = {
     "twin_experiment": ".experiments",
     "tune": "._tune",
     "TuneResult": "._tune",
+    "fit": "._fit",
+    "FitResult": "._fit",
+    "log_likelihood": "._fit",
     "rmse": ".metrics",
     "time_average": ".metrics",
 }
@@ -94,6 +97,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         Ensemble as Ensemble,
         as_ensemble as as_ensemble,
     )
+    from ._fit import FitResult as FitResult, fit as fit, log_likelihood as log_likelihood
     from ._io import (
         describe as describe,
         read_netcdf as read_netcdf,

@@ -16,13 +16,13 @@ from ._results import RESULTS
 from ._sharding import constrain, replicate, shard
 from ._streams import ObservationSeries
 from .dynamics import AbstractDynamics
-from .filters import AbstractFilter, AbstractLaggedEnsemble
+from .filters import AbstractFilter, AbstractLaggedEnsemble, log_evidence
 from .metrics import cycle_scores, innovation_ratio, rmse
 from .observations import Identity, Interpolate, Subsample
 
 
 class Solution(eqx.Module):
-    """The output of `assimilate`: per-cycle diagnostics and the final belief.
+    r"""The output of `assimilate`: per-cycle diagnostics and the final belief.
 
     Per-cycle arrays have a leading axis of length `K` (the number of observation
     times):
@@ -30,6 +30,10 @@ class Solution(eqx.Module):
     - `forecast_mean`, `analysis_mean`, `analysis_std` (per component), and the RMS
       spreads `forecast_spread`, `analysis_spread`;
     - `observed`: the number of values observed (not missing) per cycle;
+    - `log_likelihood`: $\log p(y_k \mid y_{1:k-1})$ from the forecast
+      (`filters.log_evidence`: exact for the Kalman filter, the particle filters'
+      estimate, the Gaussian approximation from the members for the EnKF family); its
+      sum is the log-likelihood of the whole series;
     - `effective_size`: the analysis ensemble's effective sample size `1 / sum w^2`
       (`n` for EnKFs; a particle filter's weight collapse shows here), None for
       non-ensemble beliefs;
@@ -56,6 +60,7 @@ class Solution(eqx.Module):
     forecast_spread: Float[Array, " K"]
     analysis_spread: Float[Array, " K"]
     observed: Int[Array, " K"]
+    log_likelihood: Float[Array, " K"]
     effective_size: Float[Array, " K"] | None
     innovation_ratio: Float[Array, " K"] | None
     rmse_forecast: Float[Array, " K"] | None
@@ -115,6 +120,7 @@ def run_cycles(
             forecast_spread=forecast.spread(),
             analysis_spread=analysis.spread(),
             observed=jnp.sum(mask, dtype=jnp.int32),
+            log_likelihood=log_evidence(filter, forecast, observation, y, mask),
         )
         ens_f, ens_a = as_ensemble(forecast), as_ensemble(analysis)
         if ens_a is not None:
@@ -266,6 +272,7 @@ def make_solution(out: dict, belief, result, throw: bool) -> Solution:
         forecast_spread=out.get("forecast_spread"),
         analysis_spread=out.get("analysis_spread"),
         observed=out.get("observed"),
+        log_likelihood=out.get("log_likelihood"),
         effective_size=out.get("effective_size"),
         innovation_ratio=out.get("innovation_ratio"),
         rmse_forecast=out.get("rmse_forecast"),

@@ -754,7 +754,8 @@ def _assimilate_outcome(sol, seconds: float, out) -> int:
     cycles = len(sol.times)
     line = (
         f"{cycles} cycles in {seconds:.1f} s ({cycles / seconds:.0f} cycles/s); "
-        f"mean analysis spread {float(jnp.mean(sol.analysis_spread)):.4f}"
+        f"mean analysis spread {float(jnp.mean(sol.analysis_spread)):.4f}; "
+        f"log-likelihood {float(jnp.sum(sol.log_likelihood)):.6g}"
     )
     if sol.rmse_analysis is not None:
         burn = cycles // 10
@@ -987,7 +988,7 @@ def _print_table(names, scores, ds, cycles) -> None:
 
     print(
         f"{'filter':<8} {'rmse_a':>8} {'rmse_f':>8} {'spread_a':>9} {'crps_a':>8} "
-        f"{'spec_err':>8} {'cov90':>6} {'ess':>7} {'cycles/s':>9}"
+        f"{'spec_err':>8} {'cov90':>6} {'ess':>7} {'loglik':>10} {'cycles/s':>9}"
     )
     for name in names:
         s = scores[name]
@@ -997,7 +998,8 @@ def _print_table(names, scores, ds, cycles) -> None:
             f"{name:<8} {s['rmse_analysis']:>8.4f} {s['rmse_forecast']:>8.4f} "
             f"{s['spread_analysis']:>9.4f} {s['crps_analysis']:>8.4f} "
             f"{s['spectral_error_analysis']:>8.4f} "
-            f"{s['coverage_90']:>6.2f} {s['ess_analysis']:>7.1f} {rate:>9.0f}{flag}"
+            f"{s['coverage_90']:>6.2f} {s['ess_analysis']:>7.1f} {s['log_likelihood']:>10.4g} "
+            f"{rate:>9.0f}{flag}"
         )
 
 

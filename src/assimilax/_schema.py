@@ -21,6 +21,11 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "spread_forecast": ("RMS ensemble spread of the forecast", "1"),
     "spread_analysis": ("RMS ensemble spread of the analysis", "1"),
     "observed": ("number of values observed (not missing)", None),
+    "log_likelihood": (
+        "log-likelihood of the cycle's observations given the earlier ones, "
+        "log p(y_k | y_1..k-1) (filters.log_evidence)",
+        "1",
+    ),
     "effective_size": ("effective sample size of the analysis weights, 1/sum(w^2)", None),
     "ess_analysis": ("effective sample size of the analysis weights, 1/sum(w^2)", None),
     "innovation_ratio": (
@@ -67,6 +72,7 @@ CYCLE_OUTPUTS = (
     "forecast_spread",
     "analysis_spread",
     "observed",
+    "log_likelihood",
     "effective_size",
     "innovation_ratio",
     "rmse_forecast",

@@ -37,8 +37,9 @@ from ._assimilate import check_key, check_run_inputs
 from ._checks import check_memory
 from ._custom_types import RealScalarLike
 from ._ensemble import Ensemble, as_ensemble
+from ._fit import forward_value_and_grad
 from ._streams import ObservationSeries
-from .filters import AbstractFilter, innovation_terms
+from .filters import AbstractFilter, log_evidence
 from .metrics import crps
 
 
@@ -86,19 +87,6 @@ def _parameter_leaves(make_filter, initial):
             )
         where[name] = changed
     return base, leaves, treedef, static, where
-
-
-def _innovation_nll(forecast, observation, y, mask):
-    terms = innovation_terms(forecast, observation, y, mask)
-    s, d = terms.obs_anomalies, terms.innovation
-    n = s.shape[0]
-    c = s @ s.T + (n - 1) * jnp.eye(n, dtype=s.dtype)
-    chol = jnp.linalg.cholesky(c)
-    # (I + S^T S / (n-1))^{-1} = I - S^T C^{-1} S; det(I_m + S^T S/(n-1)) = det(C/(n-1)).
-    proj = jax.scipy.linalg.solve_triangular(chol, s @ d, lower=True)
-    quad = d @ d - proj @ proj
-    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol))) - n * jnp.log(jnp.asarray(n - 1, s.dtype))
-    return 0.5 * (quad + logdet)
 
 
 def _crps_loss(forecast, observation, y, mask, key):
@@ -183,14 +171,10 @@ def tune(
     build = _builder(names, leaves, treedef, static, where)
     objective = _objective(build, dynamics, series, belief0, key, loss, window, t0, burn_in)
 
-    @eqx.filter_jit
-    def value_and_grad(log_params):
-        # Forward mode, one tangent per setting: the model's integration loops have
-        # data-dependent lengths (no reverse mode through them), and the memory does
-        # not grow with the cycles.
-        basis = jnp.eye(log_params.shape[0], dtype=log_params.dtype)
-        values, grads = jax.vmap(lambda v: jax.jvp(objective, (log_params,), (v,)))(basis)
-        return values[0], grads
+    # Forward mode, one tangent per setting: the model's integration loops have
+    # data-dependent lengths (no reverse mode through them), and the memory does not grow
+    # with the cycles.
+    value_and_grad = eqx.filter_jit(forward_value_and_grad(objective))
 
     start = time.perf_counter()
     log0 = jnp.log(jnp.asarray([initial[n] for n in names], series.values.dtype))
@@ -236,7 +220,7 @@ def _objective(build, dynamics, series, belief0, key, loss, window, t0, burn_in)
             fkey, ukey, lkey = jr.split(jr.fold_in(key, i), 3)
             forecast = flt.forecast(belief, dynamics, t_prev, t, key=fkey)
             if loss == "innovation":
-                value = _innovation_nll(as_ensemble(forecast), observation, y, mask)
+                value = -log_evidence(flt, as_ensemble(forecast), observation, y, mask)
             else:
                 value = _crps_loss(as_ensemble(forecast), observation, y, mask, lkey)
             cut = (i % window) == 0

@@ -8,7 +8,10 @@ from ._electrode import (
     porosity_fields as porosity_fields,
     sample_conditions as sample_conditions,
 )
-from ._linear import LinearDynamics as LinearDynamics
+from ._linear import (
+    DiscreteLinearDynamics as DiscreteLinearDynamics,
+    LinearDynamics as LinearDynamics,
+)
 from ._lorenz import Lorenz63 as Lorenz63, Lorenz96 as Lorenz96
 from ._shocks import Shocked as Shocked
 from ._spectral import (

@@ -5,6 +5,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
+from jax import lax
 
 from .._checks import check_finite, check_ndim, check_shape
 from .._custom_types import Array, Float
@@ -81,3 +82,75 @@ class LinearDynamics(AbstractAdditiveNoiseDynamics):
         eigvals, eigvecs = jnp.linalg.eigh(q)
         root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))[None]
         return x1 + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)
+
+
+class DiscreteLinearDynamics(AbstractAdditiveNoiseDynamics):
+    r"""The discrete-time linear-Gaussian model $x_{j+1} = F x_j + w_j$,
+    $w_j \sim N(0, Q)$, one step every `interval` time units: the state equation of
+    statsmodels' and dynamax's linear state-space models (ARMA, local level, trends,
+    seasonals).
+
+    Over $[t_0, t_1]$ it takes $s = \mathrm{round}((t_1 - t_0) / \text{interval})$ steps
+    (several where observations are missing): $M = F^s$,
+    $Q_s = \sum_{i<s} F^i Q F^{iT}$.
+
+    **Arguments:**
+
+    - `matrix`: the `(d, d)` transition matrix `F`.
+    - `noise_covariance`: the `(d, d)` covariance `Q` of one step's noise, or None.
+    - `interval`: the time between steps (default 1).
+    """
+
+    matrix: Float[Array, "d d"]
+    noise_covariance: Float[Array, "d d"] | None
+    interval: float
+    is_linear: ClassVar[bool] = True
+
+    def __init__(self, matrix, noise_covariance=None, interval: float = 1.0):
+        matrix = jnp.asarray(matrix)
+        check_ndim(matrix, 2, "matrix", "(d, d)")
+        d = matrix.shape[0]
+        check_shape(matrix, (d, d), "matrix", "(d, d)")
+        self.matrix = check_finite(matrix, "matrix")
+        if noise_covariance is not None:
+            noise_covariance = jnp.asarray(noise_covariance)
+            check_shape(noise_covariance, (d, d), "noise_covariance", "(d, d)")
+            noise_covariance = check_finite(noise_covariance, "noise_covariance")
+        self.noise_covariance = noise_covariance
+        if not (isinstance(interval, int | float) and interval > 0):
+            raise ValueError(f"`interval` must be a positive number; got {interval!r}.")
+        self.interval = float(interval)
+
+    @property
+    def state_shape(self):
+        return (self.matrix.shape[0],)
+
+    def transition(self, t0, t1) -> tuple[Float[Array, "d d"], Float[Array, "d d"]]:
+        """The transition matrix `M = F^s` and noise covariance `Q_s` over `[t0, t1]`."""
+        steps = jnp.round((t1 - t0) / self.interval).astype(jnp.int32)
+        d = self.matrix.shape[0]
+        q = self.noise_covariance
+        if q is None:
+            q = jnp.zeros((d, d), self.matrix.dtype)
+
+        def one(_, carry):
+            m, cov = carry
+            return self.matrix @ m, self.matrix @ cov @ self.matrix.T + q
+
+        eye = jnp.eye(d, dtype=self.matrix.dtype)
+        m, cov = lax.fori_loop(0, steps, one, (eye, jnp.zeros_like(eye)))
+        return m, 0.5 * (cov + cov.T)
+
+    def step_mean(self, x, t0, t1):
+        m, _ = self.transition(t0, t1)
+        return m.astype(x.dtype) @ x
+
+    def step_covariance(self, t0, t1):
+        _, q = self.transition(t0, t1)
+        return q
+
+    def step(self, x, t0, t1, *, key):
+        m, q = self.transition(t0, t1)
+        eigvals, eigvecs = jnp.linalg.eigh(q)
+        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))[None]
+        return m.astype(x.dtype) @ x + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)

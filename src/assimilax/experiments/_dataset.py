@@ -32,6 +32,7 @@ SUMMARY_COLUMNS = (
     *(f"coverage_{round(100 * level)}" for level in COVERAGE_LEVELS),
     "ess_analysis",
     "innovation_ratio",
+    "log_likelihood",
 )
 
 
@@ -106,6 +107,7 @@ def twin_dataset(
         "analysis_std": (("filter", "time", *sdims), stack("analysis_std")),
         "ess_analysis": (("filter", "time"), stack("effective_size")),
         "innovation_ratio": (("filter", "time"), ratio),
+        "log_likelihood": (("filter", "time"), stack("log_likelihood")),
         "crps_analysis": (("filter", "time"), score("crps")),
         "energy_score_analysis": (("filter", "time"), score("energy_score")),
         "coverage_analysis": (("filter", "time", "level"), score("coverage")),
@@ -175,7 +177,8 @@ def summarise(ds) -> dict[str, dict[str, float]]:
     `SUMMARY_COLUMNS` (`spread_skill` is mean spread over mean RMSE; `coverage_90` the
     mean fraction of components inside the 90 % interval), `failed` (non-finite) and
     `diverged` (lost track: `metrics.divergence` of the innovation ratio) and
-    `uninformative` (gave up: `metrics.uninformative`)."""
+    `uninformative` (gave up: `metrics.uninformative`); `log_likelihood` is the sum of
+    the per-cycle log-likelihoods after burn-in (`Solution.log_likelihood`)."""
     if "burn_in" not in ds.attrs or "filter" not in ds.coords:
         raise ValueError(
             "summarise needs a twin-experiment dataset (`twin_experiment`, `assimilax twin "
@@ -198,6 +201,8 @@ def summarise(ds) -> dict[str, dict[str, float]]:
                 "innovation_ratio",
             )
         }
+        ll = sel["log_likelihood"].values[burn_in:] if "log_likelihood" in sel else [math.nan]
+        row["log_likelihood"] = float(np.sum(ll))  # absent from older files: NaN
         row["spread_skill"] = float(
             spread_skill_ratio(sel["spread_analysis"].values, sel["rmse_analysis"].values, burn_in)
         )

@@ -8,6 +8,7 @@ from ._enkf import (
     innovation_terms as innovation_terms,
 )
 from ._enkf_n import AdaptiveInflation as AdaptiveInflation, EnKFN as EnKFN
+from ._evidence import log_evidence as log_evidence
 from ._extended import (
     ExtendedKalmanFilter as ExtendedKalmanFilter,
     OptimalInterpolation as OptimalInterpolation,

@@ -6,7 +6,7 @@ import jax.scipy.linalg as jsl
 
 from .._belief import GaussianBelief
 from .._ensemble import Ensemble
-from ..dynamics import AbstractAdditiveNoiseDynamics, LinearDynamics
+from ..dynamics import AbstractAdditiveNoiseDynamics, DiscreteLinearDynamics, LinearDynamics
 from ..observations import AbstractLinearObservation
 from .base import AbstractFilter
 
@@ -19,9 +19,10 @@ class KalmanFilter(AbstractFilter[GaussianBelief]):
     r"""The Kalman filter (Kalman 1960): exact for linear models with linear observations.
 
     Forecast: $m \leftarrow M m$, $P \leftarrow M P M^T + Q_\Delta$, for
-    `LinearDynamics` (its exact transition) and any additive-noise model with a flat
-    state that declares `is_linear` (e.g. the 1-D `StochasticHeat`; $M$ is then the
-    Jacobian of its `step_mean`, by forward-mode autodiff). Update with
+    `LinearDynamics` and `DiscreteLinearDynamics` (their exact transitions) and any
+    additive-noise model with a flat state that declares `is_linear` (e.g. the 1-D
+    `StochasticHeat`; $M$ is then the Jacobian of its `step_mean`, by forward-mode
+    autodiff). Update with
     $S = H P H^T + R$, $K = P H^T S^{-1}$ (Cholesky solve, no inverse):
     $m \leftarrow m + K(y - Hm)$ and the Joseph form
     $P \leftarrow (I - KH) P (I - KH)^T + K R K^T$, symmetrised. Masked observations are
@@ -38,7 +39,7 @@ class KalmanFilter(AbstractFilter[GaussianBelief]):
     def forecast(self, belief, dynamics, t0, t1, *, key):
         del key
         flat = len(dynamics.state_shape) == 1
-        if isinstance(dynamics, LinearDynamics):
+        if isinstance(dynamics, LinearDynamics | DiscreteLinearDynamics):
             m, q = dynamics.transition(t0, t1)
             loc = m @ belief.loc
         elif isinstance(dynamics, AbstractAdditiveNoiseDynamics) and dynamics.is_linear and flat:
