@@ -255,7 +255,19 @@ def _assimilate_parser(sub) -> None:
         "first --tune-cycles records (assimilax.tune); starts from --inflation/--radius",
     )
     assim.add_argument(
-        "--tune-cycles", type=_positive_int, default=500, help="records used by --tune"
+        "--fit",
+        type=_names,
+        default=None,
+        help="parameters to estimate first by maximum likelihood over the first "
+        "--tune-cycles records (assimilax.fit): obs_std, model_noise, or a scalar parameter "
+        "of the model (lorenz96: forcing; lorenz63: sigma, rho, beta); the estimates and "
+        "standard errors are printed, written to --out's attributes and used for the run",
+    )
+    assim.add_argument(
+        "--tune-cycles",
+        type=_positive_int,
+        default=500,
+        help="records used by --tune and --fit",
     )
     assim.add_argument("--out", required=True, help="netCDF file for the analyses")
     assim.add_argument(
@@ -315,6 +327,16 @@ def _sweep_parser(sub) -> None:
     )
     sweep.add_argument("--out", default=None, help="write the grid to this netCDF file")
     sweep.set_defaults(run=_run_sweep, lock_out=True)
+
+
+def _names(text: str) -> list[str]:
+    """`--fit`: distinct parameter names (Python identifiers), comma-separated."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(n.isidentifier() for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct comma-separated names such as obs_std,forcing; got {text!r}"
+        )
+    return names
 
 
 def _ensemble_sizes(text: str) -> list[int]:
@@ -623,7 +645,13 @@ def _run_assimilate(args) -> int:
     _check_scale(series, ensemble, args.obs)
     if args.tune:
         flt = _tune_filter(args, setup, dim, dynamics, series, ensemble, filter_key, t0)
+    fitted = {}
+    if args.fit:
+        dynamics, series, fitted = _fit_parameters(
+            args, flt, dynamics, series, ensemble, filter_key, t0
+        )
     attrs = _analysis_attrs(args, setup, dim, describe(flt), members, float(t0))
+    attrs.update(fitted)
     print(
         f"Assimilating {len(series)} records of {series.observation.obs_dim} sensors "
         f"({100 * float(jnp.mean(series.mask)):.0f}% present) into {setup.name} d={dim} with "
@@ -726,6 +754,38 @@ def _tune_filter(args, setup, dim, dynamics, series, ensemble, key, t0):
     found = ", ".join(f"{k}={v:.4g}" for k, v in result.params.items())
     print(f"tuned on {len(part)} records ({result.seconds:.1f} s): {found}", file=sys.stderr)
     return result.filter
+
+
+def _fit_parameters(args, flt, dynamics, series, ensemble, key, t0):
+    """`--fit`: the dynamics and series with the named parameters estimated on the first
+    records, and the output attributes recording the fit."""
+    from ._fit import fit_named, with_parameters
+
+    part = series[: min(args.tune_cycles, len(series))]
+    print(f"fitting {', '.join(args.fit)} on {len(part)} records", file=sys.stderr)
+    result = fit_named(
+        args.fit,
+        flt,
+        dynamics,
+        part,
+        flt.init(ensemble, key=key),
+        key=key,
+        t0=t0,
+        burn_in=len(part) // 10,
+        progress=not args.no_progress,
+    )
+    found = ", ".join(
+        f"{k} = {v:.6g} ± {result.std_errors[k]:.2g}" for k, v in result.params.items()
+    )
+    print(f"fitted ({result.message}, {result.seconds:.1f} s): {found}", file=sys.stderr)
+    if not result.converged:
+        print(f"note: the fit did not converge ({result.message})", file=sys.stderr)
+    attrs = {"fit_records": len(part), "fit_log_likelihood": result.log_likelihood}
+    attrs["fit_converged"] = int(result.converged)
+    for k, v in result.params.items():
+        attrs[f"fit_{k}"] = v
+        attrs[f"fit_{k}_std_error"] = result.std_errors[k]
+    return *with_parameters(result.params, dynamics, series), attrs
 
 
 def _analysis_attrs(args, setup, dim, description, members, t0) -> dict:

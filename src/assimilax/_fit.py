@@ -7,11 +7,12 @@ the forecast members for the ensemble Kalman filters (Mitchell & Houtekamer 2000
 innovation likelihood), the particle filters' estimate. `fit` maximises it over any
 array parameters that the `build` function turns into the filter, the dynamics, the
 observations and the initial belief, by a damped (Levenberg–Marquardt) Newton method on
-the parameters (their logarithms for positive ones), with the gradient and the Hessian
-by forward-mode differentiation through the scanned filter (one tangent per parameter,
-memory independent of the number of cycles; the models' integration loops need no
-fixed length). Standard errors come from the observed information, the inverse Hessian
-at the maximum (the delta method for log-parametrised ones, exact at a maximum).
+the parameters (their logarithms for positive ones), with the gradient by forward-mode
+differentiation through the scanned filter (one tangent per parameter, memory
+independent of the number of cycles; the models' integration loops need no fixed
+length) and the Hessian by central differences of that gradient. Standard errors come
+from the observed information, the inverse Hessian at the maximum (the delta method for
+log-parametrised ones, exact at a maximum).
 """
 
 import math
@@ -128,13 +129,22 @@ def fit(
         return -log_likelihood(filter, dynamics, series, belief0, key=key, t0=t0, burn_in=burn_in)
 
     value = eqx.filter_jit(objective)
-    value_and_grad = forward_value_and_grad(objective)
+    value_and_grad = eqx.filter_jit(forward_value_and_grad(objective))
 
-    @eqx.filter_jit
     def value_grad_hessian(theta):
-        basis = jnp.eye(theta.shape[0], dtype=theta.dtype)
-        (f, g), (_, h) = jax.vmap(lambda v: jax.jvp(value_and_grad, (theta,), (v,)))(basis)
-        return f[0], g[0], 0.5 * (h + h.T)
+        # The Hessian by central differences of the exact (forward-mode) gradient: second
+        # derivatives through eigendecompositions (the ETKF's transform) are not
+        # reliable where eigenvalues repeat; 2p gradients, each p forward passes.
+        f, g = value_and_grad(theta)
+        step = 1e-4 * jnp.maximum(1.0, jnp.abs(theta))
+        rows = []
+        for i in range(theta.shape[0]):
+            e = jnp.zeros_like(theta).at[i].set(step[i])
+            rows.append(
+                (value_and_grad(theta + e)[1] - value_and_grad(theta - e)[1]) / (2 * step[i])
+            )
+        h = jnp.stack(rows)
+        return f, g, 0.5 * (h + h.T)
 
     start = time.perf_counter()
     theta, f, g, h, steps, converged, message, history = _newton(
@@ -182,43 +192,114 @@ def _packing(values, positive):
 
 
 def _newton(value, value_grad_hessian, theta, max_steps, tolerance, progress):
-    """Levenberg–Marquardt-damped Newton minimisation of `value`."""
+    r"""Damped saddle-free Newton minimisation of `value`: steps
+    $-V (|\Lambda| + \mu)^{-1} V^T g$ from the eigendecomposition of the Hessian (negative
+    curvature turned into descent, Dauphin et al. 2014), the damping $\mu$ grown until
+    the step lowers `value` and shrunk after it does (Levenberg–Marquardt)."""
     f, g, h = value_grad_hessian(theta)
     if not np.isfinite(float(f)):
         raise ValueError(
             "The log-likelihood at the initial parameters is not finite: the filter failed "
             "on this series at these values; start closer."
         )
-    damping, history = 1e-3, [-float(f)]
-    eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
+    damping, history = 0.0, [-float(f)]
     for step in range(1, max_steps + 1):
-        scale = jnp.maximum(jnp.abs(jnp.diagonal(h)), 1e-12)
+        if not (np.all(np.isfinite(np.asarray(g))) and np.all(np.isfinite(np.asarray(h)))):
+            return theta, f, g, h, step, False, "the gradient or Hessian is not finite", history
+        eigvals, eigvecs = jnp.linalg.eigh(h)
+        size = jnp.maximum(jnp.abs(eigvals), 1e-10 * jnp.max(jnp.abs(eigvals)) + 1e-300)
+        along = eigvecs.T @ g
+        decrement = float(jnp.sum(along**2 / size))
+        if decrement < tolerance * (1 + abs(float(f))):
+            if bool(jnp.all(eigvals > 0)):
+                return theta, f, g, h, step - 1, True, f"converged in {step - 1} steps", history
         accepted = False
-        for _ in range(30):
-            matrix = h + damping * jnp.diag(scale)
-            move = -jnp.linalg.solve(matrix, g)
-            decrement = float(-(g @ move))
-            if not (np.isfinite(decrement) and decrement > 0):
-                damping *= 10
-                continue
+        for _ in range(40):
+            move = -eigvecs @ (along / (size + damping * jnp.max(size)))
             trial = value(theta + move)
-            if np.isfinite(float(trial)) and float(trial) <= float(f):
+            if np.isfinite(float(trial)) and float(trial) < float(f):
                 accepted = True
                 break
-            damping *= 4
+            damping = max(4 * damping, 1e-4)
         if not accepted:
-            return theta, f, g, h, step, False, "no step raised the likelihood", history
+            return theta, f, g, h, step, False, "no step raised the likelihood further", history
         theta = theta + move
         f, g, h = value_grad_hessian(theta)
-        damping = max(damping / 3, 1e-9)
+        damping /= 4
         history.append(-float(f))
-        newton = float(g @ jnp.linalg.lstsq(h + 1e-12 * eye, g)[0])
         if progress:
             print(
-                f"fit: step {step}, log-likelihood {-float(f):.8g}, Newton decrement {newton:.2e}",
+                f"fit: step {step}, log-likelihood {-float(f):.8g}, Newton decrement "
+                f"{decrement:.2e}",
                 file=sys.stderr,
                 flush=True,
             )
-        if abs(newton) < tolerance * (1 + abs(float(f))):
-            return theta, f, g, h, step, True, f"converged in {step} steps", history
     return theta, f, g, h, max_steps, False, f"not converged in {max_steps} steps", history
+
+
+# Names `fit_named` knows besides the dynamics' own scalar parameters (e.g. `forcing`).
+NAMED = {
+    "obs_std": "the observation error std of every value (replaces the series' own)",
+    "model_noise": "the dynamics' model-noise std per unit time (`noise_std`)",
+}
+
+
+def with_parameters(params: Mapping, dynamics, series: ObservationSeries):
+    """`dynamics` and `series` with the named parameters replaced (see `fit_named`)."""
+    for name, value in params.items():
+        value = jnp.asarray(value, series.values.dtype)
+        if name == "obs_std":
+            std = jnp.broadcast_to(value, series.values.shape)
+            series = eqx.tree_at(lambda s: s.noise_std, series, std, is_leaf=lambda x: x is None)
+        elif name == "model_noise":
+            dynamics = eqx.tree_at(
+                lambda d: d.noise_std, dynamics, value, is_leaf=lambda x: x is None
+            )
+        else:
+            dynamics = eqx.tree_at(lambda d, name=name: getattr(d, name), dynamics, value)
+    return dynamics, series
+
+
+def _scalar_fields(dynamics) -> list[str]:
+    """The dynamics' scalar floating-point parameters, by field name."""
+    return sorted(
+        f
+        for f, v in vars(dynamics).items()
+        if eqx.is_inexact_array(v) and jnp.ndim(v) == 0 and f != "noise_std"
+    )
+
+
+def fit_named(
+    names, filter, dynamics, series, belief0, *, key, t0=0.0, burn_in=0, progress=False
+) -> FitResult:
+    """`fit` of the parameters called `names`: 'obs_std', 'model_noise' (`NAMED`) or a
+    scalar parameter of the dynamics by its field name (Lorenz-96's `forcing`,
+    Lorenz-63's `rho`, ...), with the filter and initial belief fixed; what
+    `assimilax assimilate --fit` runs. Starting values: the series' mean error std, the
+    dynamics' noise std (0.1 if it has none) and the dynamics' own values."""
+    initial = {}
+    for name in names:
+        if name == "obs_std":
+            std = series.noise_std
+            if std is None:
+                std = jnp.sqrt(series.observation.noise.diagonal())
+            initial[name] = float(jnp.mean(jnp.asarray(std)))
+        elif name == "model_noise":
+            if not hasattr(dynamics, "noise_std"):
+                raise ValueError(
+                    f"--fit model_noise: {type(dynamics).__name__} has no `noise_std` to fit."
+                )
+            initial[name] = 0.1 if dynamics.noise_std is None else float(dynamics.noise_std)
+        elif name in _scalar_fields(dynamics):
+            initial[name] = float(getattr(dynamics, name))
+        else:
+            choices = ", ".join([*NAMED, *_scalar_fields(dynamics)])
+            raise ValueError(f"--fit {name}: not a parameter to fit; choose from {choices}.")
+
+    def build(**params):
+        return filter, *with_parameters(params, dynamics, series), belief0
+
+    positive = tuple(n for n, v in initial.items() if v > 0)
+    return fit(
+        build, initial, key=key, positive=positive, t0=t0, burn_in=burn_in, progress=progress
+    )
