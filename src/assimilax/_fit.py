@@ -216,8 +216,9 @@ def _newton(value, value_grad_hessian, theta, max_steps, tolerance, progress):
         accepted = False
         for _ in range(40):
             move = -eigvecs @ (along / (size + damping * jnp.max(size)))
-            trial = value(theta + move)
-            if np.isfinite(float(trial)) and float(trial) < float(f):
+            # A trust region of 1 per coordinate (a factor e for log-parameters).
+            move = move / jnp.maximum(1.0, jnp.max(jnp.abs(move)))
+            if _evaluates_below(value, theta + move, f):
                 accepted = True
                 break
             damping = max(4 * damping, 1e-4)
@@ -235,6 +236,16 @@ def _newton(value, value_grad_hessian, theta, max_steps, tolerance, progress):
                 flush=True,
             )
     return theta, f, g, h, max_steps, False, f"not converged in {max_steps} steps", history
+
+
+def _evaluates_below(value, theta, f) -> bool:
+    """Whether `value(theta)` is finite and below `f`; parameters the model refuses
+    (a run-time check failing inside the compiled filter) count as not."""
+    try:
+        trial = float(value(theta))
+    except eqx.EquinoxRuntimeError:
+        return False
+    return np.isfinite(trial) and trial < float(f)
 
 
 # Names `fit_named` knows besides the dynamics' own scalar parameters (e.g. `forcing`).
