@@ -112,3 +112,19 @@ def test_shocks_hit_the_truth_only(tmp_path):
     shocked, plain = ax.read_netcdf(out), ax.read_netcdf(calm)
     # Same seed, same start and model: the truths part once a shock strikes.
     assert not np.allclose(shocked["truth"].values, plain["truth"].values)
+
+
+def test_regime_presets_are_the_tuned_settings():
+    """`assimilax twin --regime l96-square` builds every filter with the settings the
+    regime's table was scored with, over the cycles it used."""
+    from assimilax._cli import _experiment, build_parser
+    from assimilax.experiments import REGIMES, make_filter
+
+    args = build_parser().parse_args(["twin", "--regime", "l96-square"])
+    regime, setup, *_ = _experiment(args)
+    assert args.cycles == regime.cycles == 1000
+    for name, settings in regime.filter_settings.items():
+        assert setup.filter_defaults[name] == settings
+    hybrid = make_filter("hybrid", setup)
+    assert float(hybrid.ess_target) == 0.9 and float(hybrid.localisation.radius) == 2.0
+    assert REGIMES["l63-x-only"].filter_settings == {}  # untuned regimes: the model's

@@ -6,6 +6,7 @@ filter failed or lost track exits with 1; an interrupted run with 130. `--help` 
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
@@ -976,6 +977,9 @@ def _experiment(args):
     setup, dim, dynamics = _setup(args)
     if regime is not None:
         dynamics = regime.make_dynamics()
+        # The regime's tuned filter settings (benchmarks/regimes.py) over the model's.
+        defaults = {**setup.filter_defaults, **regime.filter_settings}
+        setup = dataclasses.replace(setup, filter_defaults=defaults)
     burn_in = args.cycles // 10 if args.burn_in is None else args.burn_in
     if burn_in >= args.cycles:
         raise ValueError(f"--burn-in ({burn_in}) must be less than --cycles ({args.cycles}).")

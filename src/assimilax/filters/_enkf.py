@@ -36,6 +36,8 @@ class InnovationTerms(NamedTuple):
 def innovation_terms(
     ensemble: Ensemble, observation: AbstractObservation, y, mask
 ) -> InnovationTerms:
+    """The `InnovationTerms` of `ensemble` for the observed values `y` (`mask`: True =
+    observed): what every ensemble Kalman analysis starts from."""
     x = flatten_members(ensemble.members)
     mean = jnp.mean(x, axis=0)
     obs_members = jax.vmap(observation.apply)(ensemble.members)
