@@ -83,10 +83,12 @@ def test_two_runs_on_one_output_are_refused(sensor_file, tmp_path, capsys):
 
 def test_disk_full_while_appending_then_resume(sensor_file, tmp_path, capsys, monkeypatch):
     """A failing append (disk full) is one line; the output keeps the records it had and
-    --resume continues to the uninterrupted result."""
+    --resume continues to the uninterrupted result, and prints the whole file's scores
+    (not only the resumed cycles')."""
     path, _ = sensor_file
     whole = tmp_path / "whole.nc"
     assert main([*ASSIM, "--obs", str(path), "--out", str(whole)]) == 0
+    summary = capsys.readouterr().out.split("whole file")[1]
     out = tmp_path / "full.nc"
     argv = [*ASSIM, "--obs", str(path), "--out", str(out), "--checkpoint-every", "10"]
     calls = []
@@ -103,7 +105,9 @@ def test_disk_full_while_appending_then_resume(sensor_file, tmp_path, capsys, mo
         m.setattr(ax._sinks.AppendableNetCDF, "_write", failing)
         _one_line(argv, capsys, "no space left on device")
     assert ax.read_netcdf(out).sizes["time"] == 20
+    capsys.readouterr()
     assert main([*argv, "--resume"]) == 0
+    assert capsys.readouterr().out.split("whole file")[1] == summary
     a, b = ax.read_netcdf(out), ax.read_netcdf(whole)
     for name in b.data_vars:
         assert np.array_equal(a[name].values, b[name].values), name
@@ -225,6 +229,28 @@ def test_light_imports():
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert help_.returncode == 0 and "(default: 2000)" in help_.stdout
+
+
+def test_filter_names_are_checked_before_jax_starts():
+    """A misspelt filter name is refused by the argument parser, before JAX is imported
+    (issue 30: it took 1.7-30 s); the JAX-free list is the registry's."""
+    from assimilax._filter_names import FILTER_NAMES
+    from assimilax.experiments import FILTERS
+
+    assert tuple(FILTERS) == FILTER_NAMES
+    code = (
+        "import sys; from assimilax._cli import main\n"
+        "for argv in (['twin', '--filters', 'etfk'], ['sweep', '--filter', 'letfk'],\n"
+        "             ['assimilate', '--obs', 'x.nc', '--out', 'y.nc', '--filter', 'kalman']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 2\n"
+        "print('jax' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert out.stderr.count("Unknown filter") == 3
 
 
 @pytest.mark.slow

@@ -13,11 +13,11 @@ FLOORS = [
     {"experiments"},
     {"_driver"},
     {"_sinks"},
-    {"_assimilate", "_tune"},
+    {"_assimilate", "_tune", "_fit"},
     {"filters", "_streams", "metrics", "stylized", "diffusion"},
     {"observations", "_ensemble", "_sharding", "_belief", "_covariance"},
     {"dynamics", "_schema"},
-    {"_io", "_checks", "_results", "_custom_types", "_resampling", "_signals"},
+    {"_io", "_checks", "_results", "_custom_types", "_resampling", "_signals", "_filter_names"},
 ]
 
 

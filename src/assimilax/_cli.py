@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 
+from ._filter_names import FILTER_NAMES
+
 
 _SEED_MAX = 2**32 - 1
 
@@ -105,9 +107,9 @@ def _twin_parser(sub) -> None:
     _model_arguments(twin)
     twin.add_argument(
         "--filters",
+        type=_filter_names,
         default="etkf,letkf,enkf",
-        help="comma-separated: etkf,letkf,enkf,pf,ensf,hybrid,sf,enkf-n,denkf,extkf,var3d,oi,"
-        "ienks,serial,enks,rhf,ns-enkf,lpf",
+        help=f"comma-separated: {','.join(FILTER_NAMES)}",
     )
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
@@ -238,7 +240,9 @@ def _assimilate_parser(sub) -> None:
         default=None,
         help="longest allowed time between records, in model time (default: 1000 x the median)",
     )
-    assim.add_argument("--filter", default="letkf", help="etkf, letkf, enkf, pf, ensf or sf")
+    assim.add_argument(
+        "--filter", type=_filter_name, default="letkf", help=f"one of {', '.join(FILTER_NAMES)}"
+    )
     assim.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
     )
@@ -303,7 +307,9 @@ def _sweep_parser(sub) -> None:
         ),
     )
     _model_arguments(sweep)
-    sweep.add_argument("--filter", required=True, help="the filter to tune, e.g. letkf")
+    sweep.add_argument(
+        "--filter", type=_filter_name, required=True, help="the filter to tune, e.g. letkf"
+    )
     sweep.add_argument(
         "--grid",
         action="append",
@@ -328,6 +334,26 @@ def _sweep_parser(sub) -> None:
     )
     sweep.add_argument("--out", default=None, help="write the grid to this netCDF file")
     sweep.set_defaults(run=_run_sweep, lock_out=True)
+
+
+def _filter_name(text: str) -> str:
+    """`--filter`: one of the filter names (checked before JAX starts)."""
+    name = text.strip().lower()
+    if name not in FILTER_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"Unknown filter {name!r}; choose from {', '.join(FILTER_NAMES)}."
+        )
+    return name
+
+
+def _filter_names(text: str) -> list[str]:
+    """`--filters`: distinct filter names, comma-separated."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one filter.")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a filter is named twice in {text!r}.")
+    return [_filter_name(n) for n in names]
 
 
 def _names(text: str) -> list[str]:
@@ -806,30 +832,37 @@ def _analysis_attrs(args, setup, dim, description, members, t0) -> dict:
 
 
 def _assimilate_outcome(sol, seconds: float, out) -> int:
-    """Print the run's summary line; the exit code: 1 if the filter failed or diverged."""
-    import jax.numpy as jnp
+    """Print the run's summary line (the scores over the whole output file, so a resumed
+    run reports the same as an uninterrupted one); the exit code: 1 if the filter failed
+    or diverged."""
+    import numpy as np
 
+    from ._io import read_netcdf
     from ._results import RESULTS
     from .metrics import divergence
 
     cycles = len(sol.times)
+    ds = read_netcdf(out)
+    records = ds.sizes["time"]
     line = (
-        f"{cycles} cycles in {seconds:.1f} s ({cycles / seconds:.0f} cycles/s); "
-        f"mean analysis spread {float(jnp.mean(sol.analysis_spread)):.4f}; "
-        f"log-likelihood {float(jnp.sum(sol.log_likelihood)):.6g}"
+        f"{cycles} cycles in {seconds:.1f} s ({cycles / seconds:.0f} cycles/s); whole file, "
+        f"{records} records: mean analysis spread "
+        f"{float(np.mean(ds['analysis_spread'].values)):.4f}, "
+        f"log-likelihood {float(np.sum(ds['log_likelihood'].values)):.6g}"
     )
-    if sol.rmse_analysis is not None:
-        burn = cycles // 10
+    if "rmse_analysis" in ds:
+        burn = records // 10
         line += (
-            f"; RMSE vs the file's truth after {burn} cycles: analysis "
-            f"{float(jnp.mean(sol.rmse_analysis[burn:])):.4f}, forecast "
-            f"{float(jnp.mean(sol.rmse_forecast[burn:])):.4f}"
+            f", RMSE vs the file's truth after {burn} records: analysis "
+            f"{float(np.mean(ds['rmse_analysis'].values[burn:])):.4f}, forecast "
+            f"{float(np.mean(ds['rmse_forecast'].values[burn:])):.4f}"
         )
     print(line)
     if sol.result != RESULTS.successful:
         print(f"assimilax assimilate: the filter failed: {RESULTS[sol.result]}", file=sys.stderr)
         return 1
-    if sol.innovation_ratio is not None and divergence(sol.innovation_ratio, cycles // 10):
+    ratio = ds["innovation_ratio"].values if "innovation_ratio" in ds else None
+    if ratio is not None and divergence(ratio, records // 10):
         print(
             "assimilax assimilate: the filter DIVERGED (innovations far beyond the ensemble "
             f"spread; {out} was written): try more inflation or members",
@@ -891,20 +924,11 @@ def _run_twin(args) -> int:
     from ._io import check_output_paths
 
     check_output_paths([("--out", args.out)], [])
-    names = [n.strip().lower() for n in args.filters.split(",") if n.strip()]
-    if not names:
-        raise ValueError("--filters: name at least one filter.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"--filters: a filter is named twice in {args.filters!r}.")
+    names = args.filters
     jax = _start_jax(args)
     from ._io import write_netcdf
-    from .experiments import FILTERS, make_filter, status, summarise, twin_experiment
+    from .experiments import make_filter, status, summarise, twin_experiment
 
-    unknown = [n for n in names if n not in FILTERS]
-    if unknown:
-        raise ValueError(
-            f"--filters: Unknown filter {unknown[0]!r}; choose from {', '.join(FILTERS)}."
-        )
     regime, setup, dim, dynamics, observation, burn_in = _experiment(args)
     members = _members(args, setup)
     obs_std, obs_interval, observe = args.obs_std, args.obs_interval, args.observe
@@ -999,11 +1023,9 @@ def _run_sweep(args) -> int:
     check_output_paths([("--out", args.out)], [])
     _start_jax(args)
     from ._io import write_netcdf
-    from .experiments import FILTERS, OPTIONS, best_setting, make_filter, sweep
+    from .experiments import OPTIONS, best_setting, make_filter, sweep
 
-    name = args.filter.strip().lower()
-    if name not in FILTERS:
-        raise ValueError(f"--filter: Unknown filter {name!r}; choose from {', '.join(FILTERS)}.")
+    name = args.filter
     grid = dict(args.grid)
     if len(grid) != len(args.grid):
         raise ValueError("--grid: a setting is named twice.")

@@ -1,0 +1,7 @@
+"""The names of the filters the CLI and `make_filter` build (`experiments.FILTERS` maps
+them to classes): here, free of JAX, so the CLI checks them before starting JAX."""
+
+FILTER_NAMES = (
+    "etkf", "letkf", "enkf", "pf", "ensf", "hybrid", "sf", "enkf-n", "denkf", "extkf", "var3d",
+    "oi", "ienks", "serial", "enks", "rhf", "ns-enkf", "lpf",
+)  # fmt: skip
