@@ -118,6 +118,12 @@ assert scores["sf"]["rmse_analysis"] < 1.5 and not scores["sf"]["failed"]
 import tempfile  # noqa: E402
 
 
-out = tempfile.mkdtemp(prefix="assimilax-notebook-")
-for path in ax.report(ds, out):
+workdir = tempfile.TemporaryDirectory(prefix="assimilax-notebook-")  # removed at the end
+for path in ax.report(ds, workdir.name):
     print(path)
+
+# %% [markdown]
+# The plots lived in a temporary folder; remove it.
+
+# %%
+workdir.cleanup()

@@ -43,7 +43,8 @@ from assimilax.experiments import climatology_states, domain_lengths, make_senso
 
 
 CYCLES = int(os.environ.get("ASSIMILAX_NOTEBOOK_CYCLES", "600"))
-folder = Path(tempfile.mkdtemp())
+workdir = tempfile.TemporaryDirectory(prefix="assimilax-notebook-")  # removed at the end
+folder = Path(workdir.name)
 
 # %% [markdown]
 # ## 1. A sensor file
@@ -143,3 +144,9 @@ fig.tight_layout()
 # A live feed is the same call (`feed` above) with any iterable of `ObservationRecord(time, values,
 # mask, noise_std)`; with `chunk_size=1` (the default for streams) every record is
 # assimilated as soon as it arrives, and one compiled step serves them all.
+
+# %% [markdown]
+# The files of this walk-through lived in a temporary folder; remove it.
+
+# %%
+workdir.cleanup()

@@ -32,6 +32,8 @@ def test_notebook_runs(path, monkeypatch):
     finally:
         jax.config.update("jax_enable_x64", x64)
     assert namespace["scores"]  # the notebook's own assertions ran
+    if "workdir" in namespace:  # its files went to a temporary folder, removed at the end
+        assert not Path(namespace["workdir"].name).exists()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -313,7 +313,9 @@ def test_cf_times_in_other_calendars(calendar):
             )
         },
     )
-    series = read_observations(ds, 6, noise_std=0.5, time_unit="6 hours").series
+    data = read_observations(ds, 6, noise_std=0.5, time_unit="6 hours")
+    assert data.variable == "temperature"  # the only candidate, recorded
+    series = data.series
     # Calendar arithmetic by cftime's own datetime subtraction: Mar 1 is day 59 of
     # 2001 with 365 days, day 60 with 360 days.
     origin = cftime.datetime(2001, 1, 1, calendar=calendar)
@@ -327,6 +329,11 @@ def test_cf_times_in_other_calendars(calendar):
     "change, kwargs, match",
     [
         (lambda ds: ds, dict(variable="pressure"), "no variable 'pressure'"),
+        (
+            lambda ds: ds.rename(observations="temperature").assign(pressure=ds.observations),
+            {},
+            r"several variables that could be the observations \(pressure, temperature\)",
+        ),
         (lambda ds: ds.drop_vars("time"), {}, "no `time` coordinate"),
         (
             lambda ds: ds.assign_coords(time=ds.time.values[::-1]),
@@ -410,6 +417,10 @@ def test_cli_make_sensors_and_assimilate(tmp_path, capsys):
     rmse = float(ds["rmse_analysis"].values[50:].mean())
     assert rmse < 0.6, rmse
     assert "RMSE vs the file's truth" in capsys.readouterr().out
+    # The output's times are the input's own numbers, exactly (issue 30: 500 ns off).
+    raw = lambda path: ax.read_netcdf(path, decode_times=False)["time"].values
+    assert np.array_equal(raw(out), raw(sensors))
+    assert ds.attrs["source_variable"] == "observations"
 
 
 def test_cli_assimilate_bad_input_writes_nothing(tmp_path, sensor_file, capsys):

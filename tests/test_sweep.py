@@ -16,10 +16,15 @@ OBS = ax.make_observation(12, 1.0, "every:2")
 RUN = dict(cycles=40, obs_interval=0.05, burn_in=5, **SETUP.start(12))
 
 
-def test_sweep_cells_are_the_twin_experiments():
+def test_sweep_cells_are_the_twin_experiments(capsys):
+    """Every cell is the twin experiment of its setting and seed; progress shows a line
+    per seed with the time left (issue 30: a sweep printed nothing for 23 minutes)."""
     grid = {"inflation": [1.0, 1.05], "radius": [2.0, 4.0]}
     make = lambda inflation, radius: LETKF(inflation=inflation, radius=radius)
-    ds = ax.sweep(make, grid, DYN, OBS, seeds=[0, 3], members=[6, 8], **RUN)
+    ds = ax.sweep(make, grid, DYN, OBS, seeds=[0, 3], members=[6, 8], progress=True, **RUN)
+    lines = capsys.readouterr().err.strip().split("\n")
+    assert len(lines) == 4 and all("s left)" in line for line in lines)
+    assert lines[-1].startswith("sweep: members 8, seed 2/2 of 4 settings")
     assert ds["rmse"].dims == ("members", "inflation", "radius", "seed")
     assert ds["rmse_analysis"].shape == (2, 2, 2, 2, 40)
     for n, i, r, s in ((6, 1.05, 2.0, 3), (8, 1.0, 4.0, 0)):

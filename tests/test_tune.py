@@ -70,9 +70,10 @@ def test_tune_gradient_matches_finite_differences(make, initial, loss):
         assert np.isclose(result.gradient[name][0], fd, rtol=1e-4, atol=1e-7), (name, fd)
 
 
-def test_tune_finds_the_inflation_the_truth_would_pick():
+def test_tune_finds_the_inflation_the_truth_would_pick(capsys):
     """ETKF on Lorenz-96 (d=40, N=10, which needs inflation): from 1.3, tuned on the
-    observations alone, the RMSE against the truth is within 5 % of the best of a grid."""
+    observations alone, the RMSE against the truth is within 5 % of the best of a grid;
+    with progress, a line per step."""
     dyn, truth, series, ens, key = _twin(40, 300)
 
     def rmse(inflation):
@@ -83,7 +84,9 @@ def test_tune_finds_the_inflation_the_truth_would_pick():
 
     grid = min(rmse(i) for i in np.linspace(1.0, 1.3, 16))
     result = ax.tune(lambda inflation: ETKF(inflation=inflation), {"inflation": 1.3}, dyn,
-                     series, ens, key=key, steps=20, burn_in=30)  # fmt: skip
+                     series, ens, key=key, steps=20, burn_in=30, progress=True)  # fmt: skip
+    lines = capsys.readouterr().err.strip().split("\n")
+    assert len(lines) == 20 and lines[-1].startswith("tune: step 20/20, loss")
     assert result.loss[-1] <= result.loss[0]
     assert rmse(result.params["inflation"]) < 1.05 * grid, (result.params, grid)
 

@@ -678,7 +678,9 @@ def _run_assimilate(args) -> int:
             args, flt, dynamics, series, ensemble, filter_key, t0
         )
     attrs = _analysis_attrs(args, setup, dim, describe(flt), members, float(t0))
-    attrs.update(fitted)
+    attrs.update(fitted, source_variable=data.variable)
+    if args.variable is None and data.variable != "observations":
+        print(f"note: reading {data.variable!r} as the observations", file=sys.stderr)
     print(
         f"Assimilating {len(series)} records of {series.observation.obs_dim} sensors "
         f"({100 * float(jnp.mean(series.mask)):.0f}% present) into {setup.name} d={dim} with "
@@ -777,7 +779,10 @@ def _tune_filter(args, setup, dim, dynamics, series, ensemble, key, t0):
     fixed = {k: v for k, v in given.items() if k not in initial}
     part = series[: min(args.tune_cycles, len(series))]
     build = lambda **p: make_filter(name, setup, dim=dim, **fixed, **p)
-    result = tune(build, initial, dynamics, part, ensemble, key=key, t0=t0, burn_in=len(part) // 10)
+    result = tune(
+        build, initial, dynamics, part, ensemble, key=key, t0=t0, burn_in=len(part) // 10,
+        progress=not args.no_progress,
+    )  # fmt: skip
     found = ", ".join(f"{k}={v:.4g}" for k, v in result.params.items())
     print(f"tuned on {len(part)} records ({result.seconds:.1f} s): {found}", file=sys.stderr)
     return result.filter
@@ -1054,6 +1059,7 @@ def _run_sweep(args) -> int:
         burn_in=burn_in,
         **setup.start(dim),
         truth_dynamics=None if regime is None else regime.make_truth_dynamics(),
+        progress=not args.no_progress,
     )
     cells = math.prod(len(v) for v in grid.values()) * args.seeds * args.cycles
     for n, best in best_setting(ds).items():

@@ -478,15 +478,33 @@ class NetCDFOutput(AbstractSink):
 
     def _times(self, times):
         enc = self.time_encoding
+        times = np.asarray(times, np.float64)
         if "origin" not in enc:
-            return np.asarray(times, np.float64), _schema.model_time_attrs()
+            attrs = _schema.model_time_attrs()
+            return self._file_times(times, times), attrs
         from ._streams import duration_seconds
 
         step = enc["units"].split(" since ", 1)[0]
         scale = duration_seconds(enc["model_time_unit"]) / duration_seconds(step)
         offset = float(enc.get("offset", 0.0))
         attrs = {"units": enc["units"], "calendar": enc["calendar"], "standard_name": "time"}
-        return offset + np.asarray(times, np.float64) * scale, attrs
+        return self._file_times(times, offset + times * scale), attrs
+
+    def _file_times(self, times, converted):
+        """The input file's own time numbers for the records that are its (matched by
+        model time, to the run's precision), `converted` for any other."""
+        enc = self.time_encoding
+        if "file_times" not in enc:
+            return converted
+        model = np.asarray(enc["model_times"], np.float64)
+        raw = np.asarray(enc["file_times"], np.float64)
+        if len(model) < 2:
+            nearest = np.zeros(times.shape, int)
+        else:
+            i = np.clip(np.searchsorted(model, times), 1, len(model) - 1)
+            nearest = np.where(np.abs(model[i - 1] - times) <= np.abs(model[i] - times), i - 1, i)
+        close = np.abs(model[nearest] - times) <= 1e-6 * np.maximum(1.0, np.abs(times))
+        return np.where(close, raw[nearest], converted)
 
     def write(self, chunk):
         out = chunk.outputs

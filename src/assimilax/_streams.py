@@ -295,10 +295,12 @@ class SensorData:
     - `truth`: `(K, *state)` true states if the file has a `truth` variable (files
       made by `assimilax make-sensors` for twin experiments), else None;
     - `time_encoding`: how the file's times map to model time (`units`, `calendar`,
-      `origin`, `model_time_unit`), written into output files;
+      `origin`, `model_time_unit`; `file_times` and `model_times`, the file's numbers
+      and their model times), so output files repeat the input's times exactly;
     - `attrs`: the file's global attributes;
     - `std_source`: 'file' or 'argument': where the error std came from;
-      `file_has_std`: whether the file carries one.
+      `file_has_std`: whether the file carries one;
+    - `variable`: the name of the variable read as the observations.
     """
 
     series: ObservationSeries
@@ -307,6 +309,7 @@ class SensorData:
     attrs: dict
     std_source: str = "file"
     file_has_std: bool = True
+    variable: str = "observations"
 
 
 def _model_times(time, time_unit, origin, source) -> tuple[np.ndarray, dict]:
@@ -321,7 +324,8 @@ def _model_times(time, time_unit, origin, source) -> tuple[np.ndarray, dict]:
     if not np.issubdtype(raw.dtype, np.number):
         raise ValueError(f"{source}: `time` must be numeric (CF encoded); got dtype {raw.dtype}.")
     if units.lower() in _MODEL_TIME:
-        return raw.astype(np.float64), {"units": "model time units"}
+        model = raw.astype(np.float64)
+        return model, {"units": "model time units", "file_times": raw, "model_times": model}
     if " since " not in units:
         raise ValueError(
             f"{source}: `time` has units {units!r}; expected CF time units '<unit> since "
@@ -351,6 +355,9 @@ def _model_times(time, time_unit, origin, source) -> tuple[np.ndarray, dict]:
         "origin": origin,
         "model_time_unit": unit,
         "offset": offset,
+        # The file's own numbers, so outputs repeat them exactly (joins on time work).
+        "file_times": raw,
+        "model_times": model,
     }
     return model, encoding
 
@@ -447,7 +454,7 @@ def read_observations(
         noise_std=jnp.asarray(np.where(observed, std, 1.0), dtype) if varies else None,
     )
     truth = _truth(ds, (len(times), *shape), where)
-    return SensorData(series, truth, encoding, dict(ds.attrs), std_source, has_std)
+    return SensorData(series, truth, encoding, dict(ds.attrs), std_source, has_std, variable)
 
 
 def _truth(ds, shape, where):
@@ -512,10 +519,16 @@ def _observed_variable(ds, variable, units, where):
             and str(n) != "truth"
             and not str(n).endswith("_std")
         ]
-        if "observations" in candidates or len(candidates) != 1:
+        if "observations" in candidates or not candidates:
             variable = "observations"
-        else:
+        elif len(candidates) == 1:
             variable = candidates[0]
+        else:
+            raise ValueError(
+                f"{where} has several variables that could be the observations "
+                f"({', '.join(sorted(candidates))}) and none called 'observations': name one "
+                "(--variable / `variable=`)."
+            )
     if variable not in ds.data_vars:
         raise ValueError(f"{where} has no variable {variable!r}; it has: {_names(ds)}.")
     obs = _numeric(ds[variable], variable, where)

@@ -21,6 +21,7 @@ checks).
 """
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -113,6 +114,7 @@ def tune(
     window: int = 1,
     t0: RealScalarLike = 0.0,
     burn_in: int = 0,
+    progress: bool = False,
 ) -> TuneResult:
     r"""Tune positive scalar settings of a filter by gradient descent on their logarithms
     on a loss of the forecasts against the observations of `series`; no
@@ -140,6 +142,8 @@ def tune(
       evaluated is returned.
     - `window`: cycles the gradient runs back through (default 1; see the module).
     - `burn_in`: cycles left out of the loss (the spin-up from `ensemble`).
+    - `progress`: a line per loss evaluation on standard error, with an estimate of the
+      time left.
 
     **Returns:** a `TuneResult`.
     """
@@ -179,7 +183,11 @@ def tune(
     start = time.perf_counter()
     log0 = jnp.log(jnp.asarray([initial[n] for n in names], series.values.dtype))
     log_params, losses, history, gradients = _descend(
-        value_and_grad, log0, steps, learning_rate, optimiser
+        _reporting(value_and_grad, names, steps, start) if progress else value_and_grad,
+        log0,
+        steps,
+        learning_rate,
+        optimiser,
     )
     params = {n: float(v) for n, v in zip(names, np.exp(np.asarray(log_params)), strict=True)}
     return TuneResult(
@@ -236,6 +244,28 @@ def _objective(build, dynamics, series, belief0, key, loss, window, t0, burn_in)
         return jnp.sum(values) / (k - burn_in)
 
     return objective
+
+
+def _reporting(value_and_grad, names, steps, start):
+    """`value_and_grad` that prints a line per call (step, loss, settings, time left)."""
+    calls = []
+
+    def wrapped(log_params):
+        value, grads = value_and_grad(log_params)
+        calls.append(1)
+        elapsed = time.perf_counter() - start
+        settings = ", ".join(
+            f"{n}={v:.4g}" for n, v in zip(names, np.exp(np.asarray(log_params)), strict=True)
+        )
+        print(
+            f"tune: step {len(calls)}/{steps}, loss {float(value):.6g} at {settings} "
+            f"({elapsed:.0f} s, about {elapsed / len(calls) * (steps - len(calls)):.0f} s left)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return value, grads
+
+    return wrapped
 
 
 def _descend(value_and_grad, log_params, steps, learning_rate, optimiser):

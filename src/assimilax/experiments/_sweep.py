@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -104,9 +105,12 @@ def sweep(
     init_std: float = 1.0,
     init_length_scale: float | None = None,
     truth_dynamics: AbstractDynamics | None = None,
+    progress: bool = False,
 ):
-    r"""Run every setting of `grid` x every seed as twin experiments, vmapped in one
-    compiled run per ensemble size, and return an `xarray.Dataset`.
+    r"""Run every setting of `grid` x every seed as twin experiments, the grid vmapped
+    in one compiled call per seed (one compilation per ensemble size), and return an
+    `xarray.Dataset`; with `progress`, a line per seed on standard error with the time
+    taken and an estimate of the time left.
 
     `make_filter(**point)` builds the filter of each point of the Cartesian product of
     `grid` (e.g. `grid={"inflation": [1.0, 1.02, 1.05], "radius": [2.0, 4.0]}` with
@@ -143,19 +147,7 @@ def sweep(
         cycles=cycles, obs_interval=obs_interval, x0=x0, spinup_time=spinup_time,
         init_std=init_std, init_length_scale=init_length_scale, truth_dynamics=truth_dynamics,
     )  # fmt: skip
-    per_size, seconds = [], []
-    for n in sizes:
-        start = time.perf_counter()
-        inputs = [
-            twin_inputs(dynamics, observation, key=jr.key(s), members=n, **setup) for s in seeds
-        ]
-        truth = jnp.stack([i[0] for i in inputs])
-        y = jnp.stack([i[1].values for i in inputs])
-        members0 = jnp.stack([i[2].members for i in inputs])
-        keys = jnp.stack([i[3] for i in inputs])
-        out = _run_grid(stacked, dynamics, inputs[0][1], members0, y, truth, keys)
-        per_size.append(jax.tree.map(np.asarray, out))
-        seconds.append(time.perf_counter() - start)
+    per_size, seconds = _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress)
 
     shape = (len(sizes), *(v.size for v in values.values()), len(seeds), cycles)
     dims = ("members", *values, "seed", "time")
@@ -187,6 +179,39 @@ def sweep(
         "observation_operator": describe(observation),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress):
+    """The per-cycle outputs `(grid, seed, K)` per ensemble size, one compiled call per
+    seed, and the seconds each size took; a progress line per seed if `progress`."""
+    settings = jax.tree.leaves(eqx.filter(stacked, eqx.is_array))[0].shape[0]
+    per_size, seconds = [], []
+    for i, n in enumerate(sizes):
+        start = time.perf_counter()
+        parts = []
+        for j, s in enumerate(seeds):
+            truth, series, members0, key = twin_inputs(
+                dynamics, observation, key=jr.key(s), members=n, **setup
+            )
+            out = _run_grid(
+                stacked, dynamics, series, members0.members[None], series.values[None],
+                truth[None], key[None],
+            )  # fmt: skip
+            parts.append(jax.tree.map(np.asarray, out))
+            if progress:
+                done = i * len(seeds) + j + 1
+                elapsed = time.perf_counter() - start + sum(seconds)
+                left = elapsed / done * (len(sizes) * len(seeds) - done)
+                print(
+                    f"sweep: members {n}, seed {j + 1}/{len(seeds)} of {settings} settings "
+                    f"({elapsed:.0f} s, about {left:.0f} s left)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        # Seeds along the axis after the grid's (as one vmapped call over seeds gave).
+        per_size.append(jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts))
+        seconds.append(time.perf_counter() - start)
+    return per_size, seconds
 
 
 @eqx.filter_jit
