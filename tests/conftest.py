@@ -21,6 +21,17 @@ import pytest  # noqa: E402
 # statistical ones (`pytest -m slow`); the README's blocks and one signal test stay.
 SLOW_TIER = frozenset(
     (
+        "tests/test_baselines.py::test_ienks_is_the_etkf_on_linear_models[lag3]",
+        "tests/test_baselines.py::test_lorenz63_baselines_reach_dapper_rmse[var3d-1.196]",
+        "tests/test_conformance.py::test_filter_on_problem[oi-l96-arctan]",
+        "tests/test_faults.py::test_obs_std_override_is_said",
+        "tests/test_baselines.py::test_extended_kalman_filter_is_kalman_on_linear",
+        "tests/test_filters.py::test_masked_observation_has_no_influence[LETKF1-grid]",
+        "tests/test_nongaussian.py::test_serial_localisation_cuts_distant_influence[rhf]",
+        "tests/test_filters.py::test_masked_observation_has_no_influence[ScoreFilter-between]",
+        "tests/test_nongaussian.py::test_rank_histogram_rule_matches_a_numerical_reference[0.4]",
+        "tests/test_nongaussian.py::test_rank_histogram_rule_matches_a_numerical_reference[2.0]",
+        "tests/test_electrode.py::test_electrode_dataset_and_scaling_round_trip",
         "tests/test_assimilate.py::test_kalman_filter_runs_in_the_loop",
         "tests/test_baselines.py::test_adaptive_inflation_is_the_enkf_n_around_any_filter",
         "tests/test_baselines.py::test_denkf_is_half_gain_on_anomalies",
