@@ -21,6 +21,16 @@ import pytest  # noqa: E402
 # statistical ones (`pytest -m slow`); the README's blocks and one signal test stay.
 SLOW_TIER = frozenset(
     (
+        "tests/test_faults.py::test_two_runs_on_one_output_are_refused",
+        "tests/test_baselines.py::test_var3d_is_static_kalman_and_stationary",
+        "tests/test_filters.py::test_masked_observation_has_no_influence[LETKF1-between]",
+        "tests/test_baselines.py::test_lorenz63_baselines_reach_dapper_rmse[extkf-1.058]",
+        "tests/test_assimilate.py::test_letkf_in_loop_with_sparse_observations",
+        "tests/test_nongaussian.py::test_rank_histogram_rule_matches_a_numerical_reference[9.0]",
+        "tests/test_sharding.py::test_no_quadratic_memory_at_a_million_variables[ensf]",
+        "tests/test_electrode.py::test_porosity_gp_covariance_and_conditions",
+        "tests/test_nongaussian.py::test_normal_score_filter_gaussianises_a_skewed_prior",
+        "tests/test_spectral.py::test_navier_stokes_energy_spectrum",
         "tests/test_baselines.py::test_ienks_is_the_etkf_on_linear_models[lag3]",
         "tests/test_baselines.py::test_lorenz63_baselines_reach_dapper_rmse[var3d-1.196]",
         "tests/test_conformance.py::test_filter_on_problem[oi-l96-arctan]",
