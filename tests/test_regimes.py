@@ -127,7 +127,7 @@ def test_regime_presets_are_the_tuned_settings():
         assert setup.filter_defaults[name] == settings
     hybrid = make_filter("hybrid", setup)
     assert float(hybrid.ess_target) == 0.9 and float(hybrid.localisation.radius) == 2.0
-    assert REGIMES["l63-x-only"].filter_settings == {}  # untuned regimes: the model's
+    assert REGIMES["l96-arctan-shocks"].filter_settings == {}  # untuned: the model's
     # The CLI's hybrid on l63-sakov2012 was ESS 0.9 N (the model's N=10 tuning), worse
     # than the ETKF; the regime's table was scored at ESS 0.5 N over 1500 cycles.
     args = build_parser().parse_args(["twin", "--regime", "l63-sakov2012"])
