@@ -1,7 +1,9 @@
 """Linear stochastic dynamics with an exact transition: the Kalman filter's model."""
 
+import abc
 from typing import ClassVar
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
@@ -12,7 +14,37 @@ from .._custom_types import Array, Float
 from .base import AbstractAdditiveNoiseDynamics
 
 
-class LinearDynamics(AbstractAdditiveNoiseDynamics):
+class _ExactLinearDynamics(AbstractAdditiveNoiseDynamics):
+    """Shared by the linear models: stepping from the exact `transition(t0, t1)`, the
+    matrix `M` and noise covariance `Q_Delta` of the interval."""
+
+    noise_covariance: eqx.AbstractVar[Float[Array, "d d"] | None]
+    is_linear: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def transition(self, t0, t1) -> tuple[Float[Array, "d d"], Float[Array, "d d"]]:
+        """The transition matrix and noise covariance over `[t0, t1]`."""
+
+    def step_mean(self, x, t0, t1):
+        m, _ = self.transition(t0, t1)
+        return m.astype(x.dtype) @ x
+
+    def step_covariance(self, t0, t1):
+        _, q = self.transition(t0, t1)
+        return q
+
+    def step(self, x, t0, t1, *, key):
+        m, q = self.transition(t0, t1)
+        x1 = m.astype(x.dtype) @ x
+        if self.noise_covariance is None:
+            return x1
+        # eigh rather than Cholesky: Q_Delta may be singular (noise in few directions).
+        eigvals, eigvecs = jnp.linalg.eigh(q)
+        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))[None]
+        return x1 + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)
+
+
+class LinearDynamics(_ExactLinearDynamics):
     r"""The linear SDE $dx = A x\,dt + dW$, $\operatorname{Cov}(dW) = Q\,dt$, solved exactly.
 
     Over a step $\Delta = t_1 - t_0$ the transition is $x_1 = M x_0 + w$,
@@ -29,7 +61,6 @@ class LinearDynamics(AbstractAdditiveNoiseDynamics):
 
     drift: Float[Array, "d d"]
     noise_covariance: Float[Array, "d d"] | None
-    is_linear: ClassVar[bool] = True
 
     def __init__(self, drift, noise_covariance=None):
         drift = jnp.asarray(drift)
@@ -65,26 +96,8 @@ class LinearDynamics(AbstractAdditiveNoiseDynamics):
         q = m @ e[:d, d:]
         return m, 0.5 * (q + q.T)
 
-    def step_mean(self, x, t0, t1):
-        m, _ = self.transition(t0, t1)
-        return m.astype(x.dtype) @ x
 
-    def step_covariance(self, t0, t1):
-        _, q = self.transition(t0, t1)
-        return q
-
-    def step(self, x, t0, t1, *, key):
-        m, q = self.transition(t0, t1)
-        x1 = m.astype(x.dtype) @ x
-        if self.noise_covariance is None:
-            return x1
-        # eigh rather than Cholesky: Q_Delta may be singular (noise in few directions).
-        eigvals, eigvecs = jnp.linalg.eigh(q)
-        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))[None]
-        return x1 + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)
-
-
-class DiscreteLinearDynamics(AbstractAdditiveNoiseDynamics):
+class DiscreteLinearDynamics(_ExactLinearDynamics):
     r"""The discrete-time linear-Gaussian model $x_{j+1} = F x_j + w_j$,
     $w_j \sim N(0, Q)$, one step every `interval` time units: the state equation of
     statsmodels' and dynamax's linear state-space models (ARMA, local level, trends,
@@ -104,7 +117,6 @@ class DiscreteLinearDynamics(AbstractAdditiveNoiseDynamics):
     matrix: Float[Array, "d d"]
     noise_covariance: Float[Array, "d d"] | None
     interval: float
-    is_linear: ClassVar[bool] = True
 
     def __init__(self, matrix, noise_covariance=None, interval: float = 1.0):
         matrix = jnp.asarray(matrix)
@@ -140,17 +152,3 @@ class DiscreteLinearDynamics(AbstractAdditiveNoiseDynamics):
         eye = jnp.eye(d, dtype=self.matrix.dtype)
         m, cov = lax.fori_loop(0, steps, one, (eye, jnp.zeros_like(eye)))
         return m, 0.5 * (cov + cov.T)
-
-    def step_mean(self, x, t0, t1):
-        m, _ = self.transition(t0, t1)
-        return m.astype(x.dtype) @ x
-
-    def step_covariance(self, t0, t1):
-        _, q = self.transition(t0, t1)
-        return q
-
-    def step(self, x, t0, t1, *, key):
-        m, q = self.transition(t0, t1)
-        eigvals, eigvecs = jnp.linalg.eigh(q)
-        root = eigvecs * jnp.sqrt(jnp.clip(eigvals, 0))[None]
-        return m.astype(x.dtype) @ x + (root @ jr.normal(key, x.shape, q.dtype)).astype(x.dtype)
