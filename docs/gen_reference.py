@@ -6,6 +6,7 @@ the parsers) and `docs/schema.md` (every output variable, its meaning and units,
 """
 
 import argparse
+import inspect
 import os
 from pathlib import Path
 
@@ -35,10 +36,11 @@ def schema_page() -> str:
     lines = [
         "# Output files",
         "",
-        "Generated from `assimilax._schema` by `python docs/gen_reference.py`. Every "
-        f"variable assimilax writes follows {_schema.CONVENTIONS}; the models are "
-        'non-dimensional, so state-valued variables have units `"1"`; counts and flags '
-        "have none.",
+        "Generated from `assimilax._schema` by `python docs/gen_reference.py` "
+        "(`tests/test_cf.py` runs both checkers on twin, sensor and assimilate files). "
+        + inspect.getdoc(_schema).split("\n\n", 1)[1].split("\n\n")[0].replace("\n", " "),
+        "",
+        *inspect.getdoc(_schema).split("\n\n", 2)[2].splitlines(),
         "",
         "| variable | meaning | units |",
         "| --- | --- | --- |",

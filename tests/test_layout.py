@@ -16,8 +16,17 @@ FLOORS = [
     {"_assimilate", "_tune", "_fit"},
     {"filters", "_streams", "metrics", "stylized", "diffusion"},
     {"observations", "_ensemble", "_sharding", "_belief", "_covariance"},
-    {"dynamics", "_schema"},
-    {"_io", "_checks", "_results", "_custom_types", "_resampling", "_signals", "_filter_names"},
+    {"dynamics"},
+    {
+        "_schema",
+        "_io",
+        "_checks",
+        "_results",
+        "_custom_types",
+        "_resampling",
+        "_signals",
+        "_filter_names",
+    },
 ]
 
 

@@ -976,6 +976,7 @@ def _run_twin(args) -> int:
         truth_dynamics=None if regime is None else regime.make_truth_dynamics(),
         mesh=_mesh(args),
     )
+    ds["time"].attrs["model_time_unit"] = setup.time_unit
     scores = summarise(ds)
     _print_table(names, scores, ds, args.cycles)
     print(f"(time averages after {burn_in} burn-in cycles; cycles/s includes compilation)")

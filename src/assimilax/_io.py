@@ -19,6 +19,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ._schema import from_cf, to_cf
+
 
 def netcdf_safe(attrs: dict) -> dict:
     """netCDF attributes hold strings and numbers only: map bools to ints, None to ''."""
@@ -160,19 +162,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
 
 def write_netcdf(ds, path: str | os.PathLike, *, lock: bool = True) -> Path:
-    """Write `ds` to `path` (netCDF4) atomically (see `atomic_write`), holding the path's
-    `PathLock` while it writes (`lock=False`: the caller holds it). Returns the path."""
-    ds = ds.copy()
+    """Write `ds` to `path` (netCDF4, in its CF form: `_schema.to_cf`) atomically (see
+    `atomic_write`), holding the path's `PathLock` while it writes (`lock=False`: the
+    caller holds it). Returns the path."""
+    ds, encoding, unlimited = to_cf(ds)
     ds.attrs = netcdf_safe(ds.attrs)
     for var in ds.variables.values():
         var.attrs = netcdf_safe(var.attrs)
+
+    def write(tmp):
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding, unlimited_dims=unlimited)
+
     held = PathLock(path, "output file") if lock else contextlib.nullcontext()
     with held:
-        return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+        return atomic_write(path, write)
 
 
 def read_netcdf(path: str | os.PathLike, *, decode_times: bool = True):
-    """Read a netCDF file fully into memory (the file is closed on return).
+    """Read a netCDF file fully into memory (the file is closed on return), undoing
+    `_schema.to_cf` (model time and string labels back in their in-memory form).
 
     **Raises:** `ValueError` if the file does not exist or is not a readable netCDF file.
     """
@@ -183,7 +191,7 @@ def read_netcdf(path: str | os.PathLike, *, decode_times: bool = True):
         raise ValueError(f"No such file: {str(path)!r}.")
     try:
         with xr.open_dataset(path, engine="netcdf4", decode_times=decode_times) as ds:
-            return ds.load()
+            return from_cf(ds.load())
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(
             f"{str(path)!r} is not a readable netCDF file (truncated or another format?): {e}"

@@ -479,12 +479,11 @@ class NetCDFOutput(AbstractSink):
     def _times(self, times):
         enc = self.time_encoding
         times = np.asarray(times, np.float64)
-        if "origin" not in enc:
-            attrs = _schema.model_time_attrs()
-            return self._file_times(times, times), attrs
-        from ._streams import duration_seconds
-
+        if "origin" not in enc:  # model time: CF time beside the exact `model_time`
+            exact = self._file_times(times, times)
+            return _schema.model_time_hours(exact, "1 day"), _schema.cf_time_attrs("1 day")
         step = enc["units"].split(" since ", 1)[0]
+        duration_seconds = _schema.duration_seconds
         scale = duration_seconds(enc["model_time_unit"]) / duration_seconds(step)
         offset = float(enc.get("offset", 0.0))
         attrs = {"units": enc["units"], "calendar": enc["calendar"], "standard_name": "time"}
@@ -510,16 +509,28 @@ class NetCDFOutput(AbstractSink):
         out = chunk.outputs
         records = {name: out[name] for name in _schema.CYCLE_OUTPUTS if name in out}
         times, time_attrs = self._times(out["times"])
+        if "origin" not in self.time_encoding:
+            records["model_time"] = self._file_times(
+                np.asarray(out["times"], np.float64), out["times"]
+            )
         if not self._created:
             sdims = _schema.state_dims(self._state_shape)
             variables = {"time": (("time",), np.dtype(np.float64), time_attrs)}
+            if "model_time" in records:
+                attrs = _schema.model_time_attrs()
+                del attrs["model_time_unit"]
+                variables["model_time"] = (("time",), np.dtype(np.float64), attrs)
             for name, value in records.items():
                 value = np.asarray(value)
                 dims = ("time", *sdims) if value.ndim > 1 else ("time",)
-                variables[name] = (dims, value.dtype, _schema.variable_attrs(name))
+                if name != "model_time":
+                    variables[name] = (dims, value.dtype, _schema.variable_attrs(name))
             dims = dict(zip(sdims, self._state_shape, strict=True))
-            coords = {d: (np.arange(n), _schema.state_coordinate_attrs(d)) for d, n in dims.items()}
-            attrs = {"Conventions": _schema.CONVENTIONS, **self.attrs}
+            coords = {
+                d: (np.arange(n, dtype=np.int32), _schema.state_coordinate_attrs(d))
+                for d, n in dims.items()
+            }
+            attrs = {"Conventions": _schema.CONVENTIONS, "history": _schema.history(), **self.attrs}
             self._file.create(variables, dims, coords, attrs)
             self._created = True
         self._file.append({"time": times, **records})

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._checks import check_floating, check_ndim, check_shape, check_value, is_concrete
 from ._custom_types import Array, Bool, Float
+from ._schema import duration_seconds
 from .observations import AbstractObservation, DiagonalCovariance
 
 
@@ -255,35 +256,7 @@ def _first_bad_std(noise_std, mask) -> str:
 
 # Reading sensor files ---------------------------------------------------------------
 
-_SECONDS = {
-    "second": 1.0,
-    "minute": 60.0,
-    "hour": 3600.0,
-    "day": 86400.0,
-    "week": 604800.0,
-}
-_ALIASES = {"s": "second", "sec": "second", "min": "minute", "h": "hour", "hr": "hour", "d": "day"}
 _MODEL_TIME = ("", "1", "model time units", "model_time_units")
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a duration such as '6 hours', '5 days', 'minutes' (one of them)."""
-    parts = str(text).strip().lower().split()
-    if len(parts) == 1:
-        parts = ["1", parts[0]]
-    try:
-        count = float(parts[0]) if len(parts) == 2 else math.nan
-    except ValueError:
-        count = math.nan
-    unit = parts[-1].rstrip("s") if parts[-1] not in _ALIASES else _ALIASES[parts[-1]]
-    unit = _ALIASES.get(unit, unit)
-    if not (0 < count < math.inf) or unit not in _SECONDS:
-        raise ValueError(
-            f"{text!r} is not a duration: expected '<number> <unit>' (a positive finite number) "
-            "with a unit among "
-            f"{', '.join(_SECONDS)}, e.g. '6 hours'."
-        )
-    return count * _SECONDS[unit]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,7 @@ import jax.random as jr
 import numpy as np
 
 from .._custom_types import PRNGKeyArray
-from .._schema import CONVENTIONS, state_dims
-from .._streams import duration_seconds
+from .._schema import CONVENTIONS, duration_seconds, state_dims
 from ..dynamics import AbstractDynamics
 from ..observations import Interpolate
 from ._presets import ModelSetup
@@ -92,7 +91,10 @@ def make_sensors(
         ancillary_variables="observations_std",
     )
     ds["observations_std"].attrs.update(long_name="observation error standard deviation", units="1")
-    ds["truth"].attrs.update(long_name="true state (twin experiment; filters do not read it)")
+    ds["truth"].attrs.update(
+        long_name="true state (twin experiment; filters do not read it)", units="1"
+    )
+    ds["sensor"].attrs.update(long_name="sensor number", units="1")
     ds.attrs.update(
         title=f"assimilax synthetic sensor data: {setup.name}",
         Conventions=CONVENTIONS,
