@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from assimilax import _schema
-from assimilax._cli import build_parser
+from assimilax.cli import build_parser
 
 
 HERE = Path(__file__).resolve().parent

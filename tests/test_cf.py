@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 import assimilax as ax
-from assimilax._cli import main
+from assimilax.cli import main
 
 
 def _compliance_issues(path: Path, tmp_path: Path) -> list[str]:

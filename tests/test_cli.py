@@ -4,7 +4,7 @@ import sys
 import numpy as np
 
 import assimilax as ax
-from assimilax._cli import main
+from assimilax.cli import main
 
 
 def test_twin_writes_file_and_table(tmp_path, capsys):
@@ -93,14 +93,14 @@ def test_errors_are_one_line(capsys):
 
 def test_console_script_has_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "assimilax._cli", "twin", "--model", "nope"],
+        [sys.executable, "-m", "assimilax.cli", "twin", "--model", "nope"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "Unknown model 'nope'" in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "assimilax._cli", "twin", "--members", "-3"],
+        [sys.executable, "-m", "assimilax.cli", "twin", "--members", "-3"],
         capture_output=True,
         text=True,
     )

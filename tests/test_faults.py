@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import assimilax as ax
-from assimilax._cli import main
 from assimilax._sinks import PathLock
+from assimilax.cli import main
 from assimilax.dynamics import Lorenz96
 from assimilax.filters import ETKF
 from assimilax.observations import Identity
@@ -212,18 +212,18 @@ def test_light_imports():
     code = (
         "import sys, assimilax.filters; "
         "print('netCDF4' in sys.modules, 'xarray' in sys.modules); "
-        "from assimilax._cli import build_parser; import assimilax; "
+        "from assimilax.cli import build_parser; import assimilax; "
         "sys.modules.pop('jax', None); "
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "False"]
-    code = "import sys; from assimilax._cli import main; print('jax' in sys.modules)"
+    code = "import sys; from assimilax.cli import main; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     help_ = subprocess.run(
-        [sys.executable, "-m", "assimilax._cli", "twin", "--help"],
+        [sys.executable, "-m", "assimilax.cli", "twin", "--help"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -239,7 +239,7 @@ def test_filter_names_are_checked_before_jax_starts():
 
     assert tuple(FILTERS) == FILTER_NAMES
     code = (
-        "import sys; from assimilax._cli import main\n"
+        "import sys; from assimilax.cli import main\n"
         "for argv in (['twin', '--filters', 'etfk'], ['sweep', '--filter', 'letfk'],\n"
         "             ['assimilate', '--obs', 'x.nc', '--out', 'y.nc', '--filter', 'kalman']):\n"
         "    try:\n"
@@ -263,7 +263,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     sensors = tmp_path / "sensors.nc"
-    cli = [sys.executable, "-m", "assimilax._cli"]
+    cli = [sys.executable, "-m", "assimilax.cli"]
     subprocess.run(
         [*cli, "make-sensors", "--dim", str(D), "--cycles", "300", "--out", str(sensors)],
         check=True,

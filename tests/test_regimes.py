@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import assimilax as ax
-from assimilax._cli import main
+from assimilax.cli import main
 from assimilax.experiments import REGIMES, get_regime
 from assimilax.observations import Identity, Power, Subsample
 
@@ -117,7 +117,8 @@ def test_shocks_hit_the_truth_only(tmp_path):
 def test_regime_presets_are_the_tuned_settings():
     """`assimilax twin --regime l96-square` builds every filter with the settings the
     regime's table was scored with, over the cycles it used."""
-    from assimilax._cli import _experiment, build_parser
+    from assimilax.cli import build_parser
+    from assimilax.cli._run import _experiment
     from assimilax.experiments import REGIMES, make_filter
 
     args = build_parser().parse_args(["twin", "--regime", "l96-square"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import assimilax as ax
-from assimilax._cli import main
 from assimilax._report import report
+from assimilax.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -410,7 +410,7 @@ def test_twin_on_a_2d_field_with_a_sensor_lattice(tmp_path):
     """The CLI runs heat2d (a (dim, dim) state) with its default every:4 lattice and
     writes a dataset with two state axes."""
     import assimilax as ax
-    from assimilax._cli import main
+    from assimilax.cli import main
 
     out = tmp_path / "heat.nc"
     args = ["twin", "--model", "heat2d", "--dim", "16", "--cycles", "30", "--burn-in", "5"]

@@ -18,8 +18,8 @@ import xarray as xr
 
 import assimilax as ax
 from assimilax import read_observations, write_netcdf
-from assimilax._cli import main
 from assimilax._sinks import AppendableNetCDF
+from assimilax.cli import main
 from assimilax.dynamics import Lorenz96
 from assimilax.experiments import get_model, make_sensors
 from assimilax.filters import ETKF, LETKF
@@ -477,7 +477,7 @@ def test_cli_sigterm_then_resume(tmp_path, sensor_file):
     out, ckpt = tmp_path / "killed.nc", tmp_path / "killed.nc.checkpoint"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "assimilax._cli", *common, "--out", str(out)],
+        [sys.executable, "-m", "assimilax.cli", *common, "--out", str(out)],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

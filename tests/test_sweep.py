@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import assimilax as ax
-from assimilax._cli import main
+from assimilax.cli import main
 from assimilax.experiments import stack_filters
 from assimilax.filters import ETKF, LETKF, BootstrapFilter
 

@@ -107,7 +107,7 @@ def test_tune_rejects_bad_input():
 
 
 def test_assimilate_cli_tunes_on_the_sensor_file(tmp_path, capsys):
-    from assimilax._cli import main
+    from assimilax.cli import main
 
     sensors, out = tmp_path / "s.nc", tmp_path / "a.nc"
     assert main(["make-sensors", "--dim", "12", "--cycles", "60", "--out", str(sensors)]) == 0
@@ -116,7 +116,8 @@ def test_assimilate_cli_tunes_on_the_sensor_file(tmp_path, capsys):
     assert code in (0, 1)  # 1: flagged as diverged; the file is written either way
     err = capsys.readouterr().err
     assert "tuned on 40 records" in err and "inflation=" in err
-    tuned = float(err.split("inflation=")[1].split()[0])
+    line = next(x for x in err.splitlines() if x.startswith("tuned on"))
+    tuned = float(line.split("inflation=")[1].split()[0])
     assert str(tuned)[:4] in ax.read_netcdf(out).attrs["filter"]
     assert main([*argv, "--tune", "radius", "--out", str(tmp_path / "b.nc")]) == 2
     assert "no tunable setting 'radius'" in capsys.readouterr().err

@@ -78,6 +78,7 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     ),
     "filter_description": ("filter configuration", None),
     "wall_seconds": ("wall-clock seconds of the assimilation, compilation included", "s"),
+    "compile_seconds": ("seconds of wall_seconds JAX spent tracing and compiling", "s"),
 }
 
 # The per-cycle diagnostics a `Solution` carries and the driver appends to its output

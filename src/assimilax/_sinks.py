@@ -207,6 +207,9 @@ class AppendableNetCDF:
         layout = ClassicLayout.read(self.path)
         try:
             with deferred_interrupts():
+                if layout is not None:  # the space first: netCDF then cannot run out of it
+                    k = len(np.asarray(next(iter(records.values()))))
+                    self._reserve(layout.begin + (layout.records + k) * layout.size)
                 self._write(records)
         except (OSError, RuntimeError) as e:
             kept = ""
@@ -219,6 +222,18 @@ class AppendableNetCDF:
                 f"Could not append to {str(self.path)!r} ({why}){kept}. The checkpoint is "
                 "intact: free some space and continue with --resume."
             ) from None
+
+    def _reserve(self, size: int) -> None:
+        """Allocate the file's blocks up to `size` bytes (ENOSPC, or EFBIG past a
+        file-size limit, raised here rather than inside libnetcdf, whose failed close
+        leaves a handle that crashes the interpreter when it is closed again)."""
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            current = os.fstat(fd).st_size
+            if size > current:
+                os.posix_fallocate(fd, current, size - current)
+        finally:
+            os.close(fd)
 
     def _write(self, records: Mapping[str, np.ndarray]) -> None:
         import netCDF4

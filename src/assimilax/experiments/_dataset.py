@@ -77,7 +77,7 @@ def twin_dataset(
     series,
     solutions: Mapping[str, Solution],
     descriptions: Mapping[str, str],
-    seconds: Sequence[float],
+    seconds: Sequence[tuple[float, float]],
     *,
     members: int,
     burn_in: int,
@@ -121,7 +121,8 @@ def twin_dataset(
         "diverged": (("filter",), diverged),
         "uninformative": (("filter",), gave_up),
         "filter_description": (("filter",), np.array([descriptions[n] for n in names])),
-        "wall_seconds": (("filter",), np.asarray(seconds, np.float64)),
+        "wall_seconds": (("filter",), np.asarray(seconds, np.float64)[:, 0]),
+        "compile_seconds": (("filter",), np.asarray(seconds, np.float64)[:, 1]),
     }
     if any(s.smoothed_mean is not None for s in results):  # smoothers (filters.EnKS)
         shape = (k, *state_shape)

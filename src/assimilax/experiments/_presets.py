@@ -134,9 +134,12 @@ MODELS: dict[str, ModelSetup] = {
         init_std=float(np.sqrt(2.0)),
         initial_state=lambda dim: np.array([1.509, -1.531, 25.46]),
         filter_defaults={
-            "etkf": {"inflation": 1.02, "rotate": True},
+            # DAPPER's 1.02 loses track on seed 0 of `assimilax twin --model lorenz63
+            # --cycles 300` (RMSE 2.20); 1.05 holds on seeds 0-2 (0.60-0.64, 1.02: 0.61-0.64
+            # where it holds).
+            "etkf": {"inflation": 1.05, "rotate": True},
             # On 3 variables localisation is moot: a radius far beyond the domain.
-            "letkf": {"inflation": 1.02, "radius": 1000.0},
+            "letkf": {"inflation": 1.05, "radius": 1000.0},
             # Measured here, 10,000 cycles, seeds 0-2: infl 1.04 gives 0.66-0.72,
             # 1.08 gives 0.62-0.64 (DAPPER's table: 0.65 with 1.04).
             "enkf": {"inflation": 1.08},

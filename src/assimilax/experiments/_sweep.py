@@ -18,6 +18,7 @@ from .._ensemble import Ensemble
 from .._io import describe
 from .._results import RESULTS
 from .._streams import ObservationSeries
+from .._timing import Stopwatch
 from ..dynamics import AbstractDynamics
 from ..filters import AbstractFilter
 from ..metrics import divergence, time_average
@@ -127,7 +128,7 @@ def sweep(
     per-cycle `rmse_analysis`, `rmse_forecast`, `spread_analysis` and
     `innovation_ratio`; time averages after `burn_in` `rmse` and `spread`; `failed`
     (non-finite) and `diverged` (`metrics.divergence`); `wall_seconds(members)`
-    (compilation included). `best_setting(ds)` reads the best cell.
+    (compilation included) and `compile_seconds(members)`. `best_setting(ds)` reads the best cell.
     """
     import xarray as xr
 
@@ -165,7 +166,8 @@ def sweep(
         spread=(cells, spread, {"long_name": "time-averaged analysis spread after burn-in"}),
         failed=(cells, failed.astype(np.int8), {"long_name": "non-finite forecast or analysis"}),
         diverged=(cells, diverged.astype(np.int8), {"long_name": "lost track"}),
-        wall_seconds=(("members",), np.asarray(seconds), {"units": "s"}),
+        wall_seconds=(("members",), np.asarray(seconds)[:, 0], {"units": "s"}),
+        compile_seconds=(("members",), np.asarray(seconds)[:, 1], {"units": "s"}),
     )
     times = obs_interval * np.arange(1, cycles + 1)
     coords = {"members": sizes, **values, "seed": seeds, "time": times}
@@ -188,6 +190,7 @@ def _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress):
     per_size, seconds = [], []
     for i, n in enumerate(sizes):
         start = time.perf_counter()
+        watch = Stopwatch().__enter__()  # compile seconds of this size (closed below)
         parts = []
         for j, s in enumerate(seeds):
             truth, series, members0, key = twin_inputs(
@@ -200,7 +203,7 @@ def _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress):
             parts.append(jax.tree.map(np.asarray, out))
             if progress:
                 done = i * len(seeds) + j + 1
-                elapsed = time.perf_counter() - start + sum(seconds)
+                elapsed = time.perf_counter() - start + sum(w for w, _ in seconds)
                 left = elapsed / done * (len(sizes) * len(seeds) - done)
                 print(
                     f"sweep: members {n}, seed {j + 1}/{len(seeds)} of {settings} settings "
@@ -210,7 +213,8 @@ def _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress):
                 )
         # Seeds along the axis after the grid's (as one vmapped call over seeds gave).
         per_size.append(jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts))
-        seconds.append(time.perf_counter() - start)
+        watch.__exit__()
+        seconds.append((watch.seconds, watch.compile_seconds))
     return per_size, seconds
 
 
