@@ -100,3 +100,34 @@ def test_report_rejects_other_files(tmp_path, capsys):
     ax.write_netcdf(xr.Dataset({"a": ("t", np.arange(3.0))}), other)
     assert main(["report", str(other)]) == 2
     assert "not an assimilax twin-experiment file" in capsys.readouterr().err
+
+
+def test_setting_labels_show_the_swept_values():
+    from assimilax._report import setting_label
+
+    values = np.linspace(1.0, 1.1, 10)
+    labels = [setting_label(v) for v in values]
+    assert labels[:2] == ["1", "1.0111"] and labels[5] == "1.0556" and labels[-1] == "1.1"
+    assert len(set(labels)) == len(labels)
+    assert [setting_label(v) for v in (1.05, 2.0, 0.001, 250.0)] == ["1.05", "2", "0.001", "250"]
+
+
+def test_sweep_summary_says_what_was_swept(tmp_path):
+    import xarray as xr
+
+    from assimilax._report import _sweep_report
+
+    infl, radius = np.linspace(1.0, 1.1, 10), np.array([1.0, 2.0, 4.0])
+    rmse = np.add.outer(np.abs(infl - 1.0556), radius / 10)[None, :, :, None] + np.zeros(2)
+    dims = ("members", "inflation", "radius", "seed")
+    ds = xr.Dataset(
+        {"rmse": (dims, rmse), "failed": (dims, 0 * rmse), "diverged": (dims, 0 * rmse)},
+        coords={"members": [20], "inflation": infl, "radius": radius, "seed": [0, 1]},
+        attrs={"filter_description": "LETKF(radius=1.0, inflation=1.0)", "burn_in": 5,
+               "cycles": 50},
+    )  # fmt: skip
+    _sweep_report(ds, tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "Swept: `inflation` 10 values, 1 to 1.1; `radius` 3 values, 1 to 4." in text
+    assert "shown at the grid's first cell): `LETKF(radius=1.0, inflation=1.0)`" in text
+    assert "- N=20: inflation = 1.0556, radius = 1, rmse = 0.1" in text

@@ -267,30 +267,56 @@ def _plot_sweep(ds, path):
             mesh = ax.pcolormesh(
                 np.arange(y.size), np.arange(x.size), cell.values, shading="nearest"
             )
-            ax.set_xticks(np.arange(y.size), [f"{v:.3g}" for v in y], rotation=90)
-            ax.set_yticks(np.arange(x.size), [f"{v:.3g}" for v in x])
+            ax.set_xticks(np.arange(y.size), [setting_label(v) for v in y], rotation=90)
+            ax.set_yticks(np.arange(x.size), [setting_label(v) for v in x])
             ax.set_xlabel(grid[1])
             fig.colorbar(mesh, ax=ax, label="analysis RMSE (blank: failed/diverged)")
             if best is not None:
                 i, j = np.argmin(np.abs(x - best[grid[0]])), np.argmin(np.abs(y - best[grid[1]]))
                 ax.plot(j, i, "r*", ms=14)
-        ax.set_title(f"N={n}" + ("" if best is None else f": best RMSE {best['rmse']:.3g}"))
+        ax.set_title(f"N={n}" + ("" if best is None else f": best RMSE {best['rmse']:.4g}"))
         ax.set_ylabel(grid[0]) if len(grid) > 1 else ax.set_xlabel(grid[0])
     return _save(fig, path)
+
+
+def setting_label(value: float) -> str:
+    """A swept setting as a label: its value to 3-5 significant digits, the fewest that
+    show it exactly (1.05, 1.0556 for 1.0555..., never 1.06 for 1.0556)."""
+    value = float(value)
+    for digits in (3, 4):
+        if abs(float(f"{value:.{digits}g}") - value) <= 1e-9 * max(1.0, abs(value)):
+            return f"{value:.{digits}g}"
+    return f"{value:.5g}"
+
+
+def _sweep_header(ds) -> list[str]:
+    """What was swept (names, counts, ranges), then the filter's other settings: the
+    description is the grid's first cell, not the answer."""
+    grid = [d for d in ds["rmse"].dims if d not in ("members", "seed")]
+    low, high = ({d: setting_label(float(f(ds[d]))) for d in grid} for f in (np.min, np.max))
+    swept = "; ".join(f"`{d}` {ds.sizes[d]} values, {low[d]} to {high[d]}" for d in grid)
+    return [
+        "# assimilax sweep\n",
+        f"Swept: {swept}.\n",
+        "The filter's other settings (the swept ones shown at the grid's first cell): "
+        f"`{ds.attrs.get('filter_description', '')}`\n",
+    ]
 
 
 def _sweep_report(ds, out: Path) -> list[Path]:
     from .experiments import best_setting
 
     written = [_plot_sweep(ds, out / "sweep.png")]
-    lines = [f"# assimilax sweep\n\n{ds.attrs.get('filter_description', '')}\n"]
+    lines = _sweep_header(ds)
     lines.append(f"Best setting per ensemble size ({ds.sizes['seed']} seeds, burn-in "
                  f"{int(ds.attrs['burn_in'])} of {int(ds.attrs['cycles'])} cycles):\n")  # fmt: skip
     for n, best in best_setting(ds).items():
         found = (
             "every setting failed or diverged"
             if best is None
-            else ", ".join(f"{k} = {v:.4g}" for k, v in best.items())
+            else ", ".join(
+                f"{k} = {setting_label(v) if k != 'rmse' else f'{v:.4g}'}" for k, v in best.items()
+            )
         )
         lines.append(f"- N={n}: {found}")
     text = "\n".join(lines) + "\n\n- `sweep.png`\n"

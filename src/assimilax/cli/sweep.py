@@ -66,6 +66,7 @@ def _run_sweep(args) -> int:
     check_output_paths([("--out", args.out)], [])
     _start_jax(args)
     from .._io import write_netcdf
+    from .._report import setting_label
     from ..experiments import OPTIONS, best_setting, make_filter, sweep
 
     name = args.filter
@@ -106,7 +107,9 @@ def _run_sweep(args) -> int:
         found = (
             "every setting failed or diverged"
             if best is None
-            else ", ".join(f"{k}={v:.4g}" for k, v in best.items())
+            else ", ".join(
+                f"{k}={setting_label(v) if k != 'rmse' else f'{v:.4g}'}" for k, v in best.items()
+            )
         )
         print(
             f"members {n}: {found}  ({cells / seconds:.0f} cycles/s over the grid, "

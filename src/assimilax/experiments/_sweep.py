@@ -17,6 +17,7 @@ from .._checks import check_memory
 from .._ensemble import Ensemble
 from .._io import describe
 from .._results import RESULTS
+from .._schema import model_time_attrs
 from .._streams import ObservationSeries
 from .._timing import Stopwatch
 from ..dynamics import AbstractDynamics
@@ -180,7 +181,9 @@ def sweep(
         "dynamics": describe(dynamics),
         "observation_operator": describe(observation),
     }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    ds["time"].attrs.update(model_time_attrs())
+    return ds
 
 
 def _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress):
