@@ -142,17 +142,23 @@ def run(regime, filters, seed, cycles, members):
 
 
 def tune_filter(regime, grid, seeds, cycles, members, status):
-    """The setting of `grid` with the lowest mean analysis RMSE over the tuning `seeds`
-    among those that neither failed nor diverged on any; None if none did."""
+    """`(setting, flagged)`: the setting of `grid` with the lowest mean analysis RMSE
+    over the tuning `seeds` among those that neither failed nor were flagged (diverged,
+    uninformative) on any, `flagged` False; where every setting was flagged, the lowest
+    among those that never failed (non-finite), `flagged` True (a regime whose shocks
+    throw every filter off track for a while); `(None, True)` if every setting failed."""
     import numpy as np
 
     import assimilax as ax
 
     tuned = [ax.summarise(run(regime, grid, seed, cycles, members)) for seed in seeds]
+    mean = lambda k: np.mean([t[k]["rmse_analysis"] for t in tuned])  # noqa: E731
     ok = [k for k in grid if not any(status(t[k]) for t in tuned)]
-    if not ok:
-        return None
-    return min(ok, key=lambda k: np.mean([t[k]["rmse_analysis"] for t in tuned]))
+    if ok:
+        return min(ok, key=mean), False
+    finite = [k for k in grid if not any(status(t[k]) == "FAILED" for t in tuned)]
+    finite = [k for k in finite if np.isfinite(mean(k))]
+    return (min(finite, key=mean), True) if finite else (None, True)
 
 
 def paired(a, b):
@@ -213,11 +219,19 @@ def main():
         for fname in args.filters:
             grid = dict(candidates[fname])
             start = time.perf_counter()
-            k = tune_filter(regime, grid, tuning, args.tuning_cycles or cycles, members, status)
+            k, flagged = tune_filter(
+                regime, grid, tuning, args.tuning_cycles or cycles, members, status
+            )
             took = time.perf_counter() - start
-            print(f"tuned {fname}: {k or '(every setting diverged)'} ({len(grid)}, {took:.0f} s)")
+            note = " (every setting flagged: lowest RMSE of the finite ones)" if flagged else ""
+            print(
+                f"tuned {fname}: {k or '(every setting failed)'}{note} ({len(grid)}, {took:.0f} s)"
+            )
             if k is not None:
                 best[fname] = (k, grid[k])
+        if not best:
+            print("no filter has a setting that stayed finite on the tuning seeds")
+            continue
         # Every tuned filter on the same truth and observations, seed by seed (paired).
         rows = {f: [] for f in best}
         start = time.perf_counter()

@@ -105,3 +105,22 @@ def test_console_script_has_no_traceback():
         text=True,
     )
     assert proc.returncode == 2 and "--members" in proc.stderr
+
+
+def test_help_is_complete():
+    """Every flag with a default shows it (0 included); the observation layouts are all
+    named."""
+    import argparse
+
+    from assimilax.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            shown = action.default not in (None, False, argparse.SUPPRESS) or action.default == 0
+            if action.option_strings and shown and action.default is not False:
+                assert f"(default: {action.default})" in text, (name, action.dest)
+    twin = " ".join(subs.choices["twin"].format_help().split())
+    assert "indices:I,J,..." in twin and "--seed SEED random seed (default: 0)" in twin

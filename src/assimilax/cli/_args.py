@@ -70,7 +70,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+        # By identity: a default of 0 is shown (0 == False).
+        hidden = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if hidden or "%(default)" in text:
             return text
         return super()._get_help_string(action)
 
@@ -175,7 +177,9 @@ def _experiment_arguments(parser) -> None:
     parser.add_argument(
         "--observe",
         default=None,
-        help="all | every:K | random:M (default: the model's; every:4 for heat2d, burgers, ns2d)",
+        help="all | every:K (every K-th grid point) | random:M (M points drawn once) | "
+        "indices:I,J,... (those flat indices) (default: the model's; every:4 for heat2d, "
+        "burgers, ns2d)",
     )
     parser.add_argument(
         "--observation",
