@@ -98,14 +98,25 @@ def test_bad_names_one_line(argv, expected):
 
 def test_help_without_optional_packages():
     """`--help` answers without DAPPER, exponax or JAX."""
-    for script in ("dapper_side_by_side.py", "spde_models.py", "gbm_diffusion.py"):
+    for script in (
+        "dapper_side_by_side.py",
+        "spde_models.py",
+        "gbm_diffusion.py",
+        "dynamax_side_by_side.py",
+    ):
         proc = _run(script, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
         assert proc.stderr == ""
 
 
-@pytest.mark.parametrize(("script", "module"), [("dapper_side_by_side.py", "dapper"),
-                                                ("spde_models.py", "exponax")])  # fmt: skip
+OPTIONAL = [
+    ("dapper_side_by_side.py", "dapper"),
+    ("spde_models.py", "exponax"),
+    ("dynamax_side_by_side.py", "dynamax"),
+]
+
+
+@pytest.mark.parametrize(("script", "module"), OPTIONAL)
 def test_missing_package_one_line(script, module):
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed: the run would start")

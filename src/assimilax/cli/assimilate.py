@@ -312,7 +312,8 @@ def _fit_parameters(args, flt, dynamics, series, ensemble, key, t0):
     found = ", ".join(
         f"{k} = {v:.6g} ± {result.std_errors[k]:.2g}" for k, v in result.params.items()
     )
-    print(f"fitted ({result.message}, {result.seconds:.1f} s): {found}", file=sys.stderr)
+    how = f"{result.message}, {result.derivatives} derivatives, {result.seconds:.1f} s"
+    print(f"fitted ({how}): {found}", file=sys.stderr)
     if not result.converged:
         print(f"note: the fit did not converge ({result.message})", file=sys.stderr)
     attrs = {"fit_records": len(part), "fit_log_likelihood": result.log_likelihood}
