@@ -19,9 +19,8 @@ statistics but rough at small scales: its pathwise derivative grows with the run
 Lyapunov exponents (on Lorenz-96, 500 cycles, d/d obs_std = +72,500 where the trend is
 -5,000). `fit` checks the forward-mode gradient against central differences over
 `smoothing` (0.05: 5 % for log-parameters) at the start and, where they disagree, takes
-gradient and Hessian from central differences instead, over steps of about two
-standard errors (at most `smoothing`, at least 1e-3; `FitResult.derivatives` says
-which were used).
+gradient and Hessian from central differences over `smoothing` instead
+(`FitResult.derivatives` says which were used).
 """
 
 import math
@@ -151,21 +150,6 @@ def fit(
     value = eqx.filter_jit(objective)
     value_and_grad = eqx.filter_jit(forward_value_and_grad(objective))
 
-    def value_grad_hessian(theta):
-        # The Hessian by central differences of the exact (forward-mode) gradient: second
-        # derivatives through eigendecompositions (the ETKF's transform) are not
-        # reliable where eigenvalues repeat; 2p gradients, each p forward passes.
-        f, g = value_and_grad(theta)
-        step = 1e-4 * jnp.maximum(1.0, jnp.abs(theta))
-        rows = []
-        for i in range(theta.shape[0]):
-            e = jnp.zeros_like(theta).at[i].set(step[i])
-            rows.append(
-                (value_and_grad(theta + e)[1] - value_and_grad(theta - e)[1]) / (2 * step[i])
-            )
-        h = jnp.stack(rows)
-        return f, g, 0.5 * (h + h.T)
-
     if derivatives not in ("auto", "exact", "smoothed"):
         raise ValueError(
             f"`derivatives` must be 'auto', 'exact' or 'smoothed'; got {derivatives!r}."
@@ -174,39 +158,15 @@ def fit(
         raise ValueError(f"`smoothing` must lie in (0, 1); got {smoothing!r}.")
     start = time.perf_counter()
     theta0 = jnp.asarray(theta0)
-    if derivatives == "auto":
-        exact = np.asarray(value_and_grad(theta0)[1])
-        steps = jnp.full(theta0.shape, smoothing, theta0.dtype)
-        smooth = np.asarray(_smoothed(value, theta0, steps, hessian=False)[1])
-        rough = np.linalg.norm(exact - smooth) > 0.2 * np.linalg.norm(smooth) + 1e-8
-        derivatives = "smoothed" if rough or not np.all(np.isfinite(exact)) else "exact"
-    if derivatives == "smoothed":
-        # Steps of about two standard errors (from the last curvature), between 1e-3 and
-        # `smoothing`: wide enough to average the roughness out, narrow enough that the
-        # likelihood is near quadratic across them.
-        steps = np.full(theta0.shape, smoothing)
-
-        def value_grad_hessian(theta):
-            f, g, h = _smoothed(value, theta, jnp.asarray(steps, theta.dtype))
-            curvature = np.abs(np.diagonal(np.asarray(h)))
-            steps[:] = np.clip(2.0 / np.sqrt(np.maximum(curvature, 1e-300)), 1e-3, smoothing)
-            return f, g, h
-
+    value_grad_hessian, derivatives = _choose_derivatives(
+        value, value_and_grad, theta0, derivatives, smoothing
+    )
     theta, f, g, h, steps, converged, message, history = _newton(
         value, value_grad_hessian, theta0, max_steps, tolerance, progress,
         enough=1e-3 if derivatives == "smoothed" else 0.0,
     )  # fmt: skip
     params = unpack(theta)
-    covariance = np.linalg.pinv(np.asarray(h))
-    errors = np.sqrt(np.clip(np.diagonal(covariance), 0, None))
-    std_errors, i = {}, 0
-    for name, v in values.items():
-        size = v.size
-        e = errors[i : i + size].reshape(v.shape)
-        if name in positive:
-            e = e * np.asarray(params[name])
-        std_errors[name] = e if v.shape else float(e)
-        i += size
+    std_errors = _standard_errors(h, values, params, positive)
     return FitResult(
         params={k: (np.asarray(p) if values[k].shape else float(p)) for k, p in params.items()},
         std_errors=std_errors,
@@ -218,6 +178,60 @@ def fit(
         seconds=time.perf_counter() - start,
         derivatives=derivatives,
     )
+
+
+def _exact_derivatives(value_and_grad):
+    """`value_grad_hessian` from the forward-mode gradient: the Hessian by central
+    differences of the exact gradient (second derivatives through eigendecompositions,
+    as the ETKF's transform, are not reliable where eigenvalues repeat); 2p gradients,
+    each p forward passes."""
+
+    def value_grad_hessian(theta):
+        f, g = value_and_grad(theta)
+        step = 1e-4 * jnp.maximum(1.0, jnp.abs(theta))
+        rows = []
+        for i in range(theta.shape[0]):
+            e = jnp.zeros_like(theta).at[i].set(step[i])
+            rows.append(
+                (value_and_grad(theta + e)[1] - value_and_grad(theta - e)[1]) / (2 * step[i])
+            )
+        h = jnp.stack(rows)
+        return f, g, 0.5 * (h + h.T)
+
+    return value_grad_hessian
+
+
+def _standard_errors(h, values, params, positive) -> dict:
+    """Standard errors from the observed information `h` (Hessian of minus the
+    log-likelihood in the (log-)parameters), by the delta method for log-parametrised
+    ones; NaN unless the curvature is positive in every direction."""
+    covariance = np.linalg.pinv(np.asarray(h))
+    definite = bool(np.all(np.linalg.eigvalsh(np.asarray(h)) > 0))
+    errors = np.sqrt(np.diagonal(covariance)) if definite else np.full(len(h), np.nan)
+    std_errors, i = {}, 0
+    for name, v in values.items():
+        e = errors[i : i + v.size].reshape(v.shape)
+        if name in positive:
+            e = e * np.asarray(params[name])
+        std_errors[name] = e if v.shape else float(e)
+        i += v.size
+    return std_errors
+
+
+def _choose_derivatives(value, value_and_grad, theta0, derivatives, smoothing):
+    """`(value_grad_hessian, name)`: `exact` (forward mode) unless `derivatives` is
+    "smoothed", or "auto" and the exact gradient at `theta0` differs from the smoothed
+    one by more than 20 % (or is not finite): then central differences over
+    `smoothing`."""
+    steps = jnp.full(theta0.shape, smoothing, theta0.dtype)
+    if derivatives == "auto":
+        grad = np.asarray(value_and_grad(theta0)[1])
+        smooth = np.asarray(_smoothed(value, theta0, steps, hessian=False)[1])
+        rough = np.linalg.norm(grad - smooth) > 0.2 * np.linalg.norm(smooth) + 1e-8
+        derivatives = "smoothed" if rough or not np.all(np.isfinite(grad)) else "exact"
+    if derivatives == "exact":
+        return _exact_derivatives(value_and_grad), derivatives
+    return (lambda theta: _smoothed(value, theta, steps)), derivatives
 
 
 def _smoothed(value, theta, h, hessian=True):
