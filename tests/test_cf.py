@@ -64,52 +64,73 @@ def _cfchecks_counts(path: Path, tmp_path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def files(sensor_file, tmp_path_factory):
-    """A twin output (two filters), the sensor file, an assimilate output of it and one
-    of a sensor file in plain model time."""
+    """`files(kind)`: `(path, dataset written or None)` of a twin output (two filters),
+    the sensor file, an assimilate output of it, or one of a sensor file in plain model
+    time; each made on first use."""
     folder = tmp_path_factory.mktemp("cf")
-    dynamics, observation = ax.dynamics.Lorenz96(), ax.observations.Identity(40, noise_std=1.0)
-    filters = {"etkf": ax.filters.ETKF(), "enkf": ax.filters.StochasticEnKF()}
-    twin = ax.experiments.twin_experiment(
-        dynamics, observation, filters, key=jr.key(0), members=10, cycles=12,
-        obs_interval=0.05, burn_in=2, progress=False, x0=8.0 + jr.normal(jr.key(1), (40,)),
-    )  # fmt: skip
-    twin["time"].attrs["model_time_unit"] = "5 days"
-    ax.write_netcdf(twin, folder / "twin.nc")
-    sensors, sensor_ds = sensor_file
-    assimilated = folder / "assimilated.nc"
-    assert main(["assimilate", "--obs", str(sensors), "--dim", "12", "--no-progress",
-                 "--out", str(assimilated)]) == 0  # fmt: skip
-    plain = sensor_ds.copy()
-    plain["time"] = ("time", np.arange(1, plain.sizes["time"] + 1) * 0.05, {"units": "1"})
-    plain.to_netcdf(folder / "plain.nc")  # model time, not CF: a user's own file
-    plain_out = folder / "plain_assimilated.nc"
-    assert main(["assimilate", "--obs", str(folder / "plain.nc"), "--dim", "12",
-                 "--no-progress", "--out", str(plain_out)]) == 0  # fmt: skip
-    return {
-        "twin": (folder / "twin.nc", twin),
-        "sensors": (sensors, sensor_ds),
-        "assimilate": (assimilated, None),
-        "assimilate_model_time": (plain_out, plain),
+    made = {}
+
+    def twin():
+        dynamics, observation = ax.dynamics.Lorenz96(), ax.observations.Identity(40, noise_std=1.0)
+        filters = {"etkf": ax.filters.ETKF(), "enkf": ax.filters.StochasticEnKF()}
+        ds = ax.experiments.twin_experiment(
+            dynamics, observation, filters, key=jr.key(0), members=10, cycles=12,
+            obs_interval=0.05, burn_in=2, progress=False, x0=8.0 + jr.normal(jr.key(1), (40,)),
+        )  # fmt: skip
+        ds["time"].attrs["model_time_unit"] = "5 days"
+        ax.write_netcdf(ds, folder / "twin.nc")
+        return folder / "twin.nc", ds
+
+    def assimilated(source, name):
+        out = folder / name
+        argv = ["assimilate", "--obs", str(source), "--dim", "12", "--no-progress"]
+        assert main([*argv, "--out", str(out)]) == 0
+        return out
+
+    def model_time():
+        plain = sensor_file[1].copy()
+        plain["time"] = ("time", np.arange(1, plain.sizes["time"] + 1) * 0.05, {"units": "1"})
+        plain.to_netcdf(folder / "plain.nc")  # model time, not CF: a user's own file
+        return assimilated(folder / "plain.nc", "plain_assimilated.nc"), plain
+
+    makers = {
+        "twin": twin,
+        "sensors": lambda: sensor_file,
+        "assimilate": lambda: (assimilated(sensor_file[0], "assimilated.nc"), None),
+        "assimilate_model_time": model_time,
     }
 
+    def get(kind):
+        if kind not in made:
+            made[kind] = makers[kind]()
+        return made[kind]
 
-KINDS = ["twin", "sensors", "assimilate", "assimilate_model_time"]
+    return get
+
+
+KINDS = [
+    "twin",
+    "sensors",
+    "assimilate",
+    pytest.param("assimilate_model_time", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_compliance_checker_finds_nothing(files, kind, tmp_path):
-    path, _ = files[kind]
+    path, _ = files(kind)
     assert _compliance_issues(path, tmp_path) == []
 
 
+@pytest.mark.slow  # needs libudunits2 (skipped without it)
 @pytest.mark.parametrize("kind", KINDS)
 def test_cfchecks_finds_nothing(files, kind, tmp_path):
-    path, _ = files[kind]
+    path, _ = files(kind)
     assert _cfchecks_counts(path, tmp_path) == (0, 0)
 
 
 def test_twin_file_reads_back_as_written(files):
-    path, twin = files["twin"]
+    path, twin = files("twin")
     back = ax.read_netcdf(path)
     xr.testing.assert_equal(back.drop_attrs(), twin.drop_attrs())
     np.testing.assert_array_equal(back["time"].values, twin["time"].values)  # exactly
@@ -118,7 +139,8 @@ def test_twin_file_reads_back_as_written(files):
     assert "assimilax" in back.attrs["history"]
 
 
+@pytest.mark.slow
 def test_model_time_output_keeps_the_input_times(files):
-    path, plain = files["assimilate_model_time"]
+    path, plain = files("assimilate_model_time")
     back = ax.read_netcdf(path)
     np.testing.assert_array_equal(back["time"].values, plain["time"].values)
