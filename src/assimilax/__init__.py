@@ -52,6 +52,8 @@ _LAZY = {
     "fit": "._fit",
     "FitResult": "._fit",
     "log_likelihood": "._fit",
+    "fit_em": "._em",
+    "EMResult": "._em",
     "rmse": ".metrics",
     "time_average": ".metrics",
 }
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ._assimilate import Solution as Solution, assimilate as assimilate
     from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
     from ._driver import assimilate_stream as assimilate_stream
+    from ._em import EMResult as EMResult, fit_em as fit_em
     from ._ensemble import (
         AbstractEnsembleBelief as AbstractEnsembleBelief,
         Ensemble as Ensemble,
