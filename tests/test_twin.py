@@ -101,6 +101,7 @@ def test_dataset_contents(small_dataset):
 def test_netcdf_round_trip(small_dataset, tmp_path):
     path = ax.write_netcdf(small_dataset, tmp_path / "run.nc")
     back = ax.read_netcdf(path)
+    assert "assimilax" in back.attrs.pop("history")  # what wrote the file, when
     xr.testing.assert_identical(back, small_dataset)
     assert [p.name for p in tmp_path.iterdir()] == ["run.nc"]  # no temporary left
 

@@ -47,7 +47,11 @@ def _sensor_variables(observation: AbstractObservation) -> dict:
         return {}
     std = np.sqrt(np.asarray(observation.noise.diagonal()))
     return {
-        "grid_index": (("obs",), index, {"long_name": "flat grid index of each sensor"}),
+        "grid_index": (
+            ("obs",),
+            index.astype(np.int32),
+            {"long_name": "flat grid index of each sensor", "units": "1"},
+        ),
         "observations_std": (
             ("obs",),
             std,
@@ -140,10 +144,11 @@ def twin_dataset(
         coords={
             "filter": np.array(names),
             "time": np.asarray(series.times),
-            "obs": np.arange(series.observation.obs_dim),
+            # Indices as the file keeps them (`_schema.to_cf`: 32-bit, units "1").
+            "obs": np.arange(series.observation.obs_dim, dtype=np.int32),
             "level": np.asarray(COVERAGE_LEVELS),
-            "rank_bin": np.arange(rank_bins(members)),
-            **{d: np.arange(n) for d, n in zip(sdims, state_shape, strict=True)},
+            "rank_bin": np.arange(rank_bins(members), dtype=np.int32),
+            **{d: np.arange(n, dtype=np.int32) for d, n in zip(sdims, state_shape, strict=True)},
         },
     )
     for var in data:
@@ -153,8 +158,8 @@ def twin_dataset(
     for d in sdims:
         ds[d].attrs.update(_schema.state_coordinate_attrs(d))
     ds["filter"].attrs["long_name"] = "filter name"
-    ds["obs"].attrs["long_name"] = "observed value index"
-    ds["rank_bin"].attrs["long_name"] = "rank of the truth among the members"
+    ds["obs"].attrs.update(long_name="observed value index", units="1")
+    ds["rank_bin"].attrs.update(long_name="rank of the truth among the members", units="1")
     for name, (dims, values, vattrs) in _sensor_variables(series.observation).items():
         ds[name] = (dims, values, vattrs)
     if "observations_std" in ds:
