@@ -24,8 +24,8 @@ gradient and Hessian from central differences over `smoothing` (`FitResult.deriv
 says which were used). Standard errors from that curvature can understate the
 uncertainty where the likelihood is rough even at the smoothing scale (Lorenz-96's
 forcing over 1000 cycles: jumps of thousands of log-likelihood units within 1 % of F,
-where the filter briefly loses track); replicate the fit over filter keys to see the
-spread of the estimates.
+where the filter briefly loses track); fit separate segments of the series (or from
+other initial ensembles) to see the spread of the estimates.
 """
 
 import math
