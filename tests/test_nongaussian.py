@@ -210,3 +210,28 @@ def test_adjustment_rule_is_the_kalman_update():
     var = float(jnp.var(u, ddof=1))
     assert np.isclose(float(jnp.mean(u + du)), (float(jnp.mean(u)) + var * 4.0) / (1 + var))
     assert np.isclose(float(jnp.var(u + du, ddof=1)), var / (1 + var))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 27): the one-shot merge makes the local PF pure local "
+    "resampling under dense observations; it loses track on the standard Lorenz-96 case",
+)
+def test_local_pf_tracks_the_standard_lorenz96_case():
+    """Lorenz-96, all 40 sites observed every 0.05 with R = I, N = 40, 500 cycles: a
+    sound local PF stays within twice the LETKF's RMSE (Poterjoy 2016 tracks this kind
+    of case at N = 25). Ours: 4.2-5.2 against the LETKF's 0.21 (2026-12-06)."""
+    import assimilax as ax
+    from assimilax.experiments import get_model
+    from assimilax.filters import LETKF
+
+    setup = get_model("lorenz96")
+    filters = {"letkf": LETKF(4.0, 1.02), "lpf": LocalParticleFilter(4.0, 0.3, 0.5)}
+    ds = ax.twin_experiment(
+        setup.make_dynamics(40), ax.make_observation(40, 1.0), filters, key=jr.key(1),
+        members=40, cycles=500, obs_interval=0.05, burn_in=100, progress=False,
+        **setup.start(40),
+    )  # fmt: skip
+    scores = ax.summarise(ds)
+    assert scores["lpf"]["rmse_analysis"] < 2 * scores["letkf"]["rmse_analysis"]
