@@ -492,17 +492,20 @@ class NetCDFOutput(AbstractSink):
         self._created = True
 
     def _times(self, times):
+        """`(file times, their attributes, model times or None)`: an input in model time
+        gets CF time (`_schema.to_cf`'s convention) and its own numbers in `model_time`."""
         enc = self.time_encoding
         times = np.asarray(times, np.float64)
-        if "origin" not in enc:  # model time: CF time beside the exact `model_time`
+        if "origin" not in enc:
             exact = self._file_times(times, times)
-            return _schema.model_time_hours(exact, "1 day"), _schema.cf_time_attrs("1 day")
+            hours = _schema.model_time_hours(exact, "1 day")
+            return hours, _schema.cf_time_attrs("1 day"), exact
         step = enc["units"].split(" since ", 1)[0]
         duration_seconds = _schema.duration_seconds
         scale = duration_seconds(enc["model_time_unit"]) / duration_seconds(step)
         offset = float(enc.get("offset", 0.0))
         attrs = {"units": enc["units"], "calendar": enc["calendar"], "standard_name": "time"}
-        return self._file_times(times, offset + times * scale), attrs
+        return self._file_times(times, offset + times * scale), attrs, None
 
     def _file_times(self, times, converted):
         """The input file's own time numbers for the records that are its (matched by
@@ -523,23 +526,17 @@ class NetCDFOutput(AbstractSink):
     def write(self, chunk):
         out = chunk.outputs
         records = {name: out[name] for name in _schema.CYCLE_OUTPUTS if name in out}
-        times, time_attrs = self._times(out["times"])
-        if "origin" not in self.time_encoding:
-            records["model_time"] = self._file_times(
-                np.asarray(out["times"], np.float64), out["times"]
-            )
+        times, time_attrs, model_times = self._times(out["times"])
         if not self._created:
             sdims = _schema.state_dims(self._state_shape)
             variables = {"time": (("time",), np.dtype(np.float64), time_attrs)}
-            if "model_time" in records:
-                attrs = _schema.model_time_attrs()
-                del attrs["model_time_unit"]
+            if model_times is not None:
+                attrs = {"long_name": "model time (non-dimensional)", "units": "1"}
                 variables["model_time"] = (("time",), np.dtype(np.float64), attrs)
             for name, value in records.items():
                 value = np.asarray(value)
                 dims = ("time", *sdims) if value.ndim > 1 else ("time",)
-                if name != "model_time":
-                    variables[name] = (dims, value.dtype, _schema.variable_attrs(name))
+                variables[name] = (dims, value.dtype, _schema.variable_attrs(name))
             dims = dict(zip(sdims, self._state_shape, strict=True))
             coords = {
                 d: (np.arange(n, dtype=np.int32), _schema.state_coordinate_attrs(d))
@@ -548,6 +545,8 @@ class NetCDFOutput(AbstractSink):
             attrs = {"Conventions": _schema.CONVENTIONS, "history": _schema.history(), **self.attrs}
             self._file.create(variables, dims, coords, attrs)
             self._created = True
+        if model_times is not None:
+            records["model_time"] = model_times
         self._file.append({"time": times, **records})
 
     def close(self, last):

@@ -193,30 +193,29 @@ def _run_sizes(stacked, dynamics, observation, sizes, seeds, setup, progress):
     per_size, seconds = [], []
     for i, n in enumerate(sizes):
         start = time.perf_counter()
-        watch = Stopwatch().__enter__()  # compile seconds of this size (closed below)
-        parts = []
-        for j, s in enumerate(seeds):
-            truth, series, members0, key = twin_inputs(
-                dynamics, observation, key=jr.key(s), members=n, **setup
-            )
-            out = _run_grid(
-                stacked, dynamics, series, members0.members[None], series.values[None],
-                truth[None], key[None],
-            )  # fmt: skip
-            parts.append(jax.tree.map(np.asarray, out))
-            if progress:
-                done = i * len(seeds) + j + 1
-                elapsed = time.perf_counter() - start + sum(w for w, _ in seconds)
-                left = elapsed / done * (len(sizes) * len(seeds) - done)
-                print(
-                    f"sweep: members {n}, seed {j + 1}/{len(seeds)} of {settings} settings "
-                    f"({elapsed:.0f} s, about {left:.0f} s left)",
-                    file=sys.stderr,
-                    flush=True,
+        with Stopwatch() as watch:  # and the compile seconds of this size
+            parts = []
+            for j, s in enumerate(seeds):
+                truth, series, members0, key = twin_inputs(
+                    dynamics, observation, key=jr.key(s), members=n, **setup
                 )
-        # Seeds along the axis after the grid's (as one vmapped call over seeds gave).
-        per_size.append(jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts))
-        watch.__exit__()
+                out = _run_grid(
+                    stacked, dynamics, series, members0.members[None], series.values[None],
+                    truth[None], key[None],
+                )  # fmt: skip
+                parts.append(jax.tree.map(np.asarray, out))
+                if progress:
+                    done = i * len(seeds) + j + 1
+                    elapsed = time.perf_counter() - start + sum(w for w, _ in seconds)
+                    left = elapsed / done * (len(sizes) * len(seeds) - done)
+                    print(
+                        f"sweep: members {n}, seed {j + 1}/{len(seeds)} of {settings} settings "
+                        f"({elapsed:.0f} s, about {left:.0f} s left)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            # Seeds along the axis after the grid's (as one vmapped call over seeds gave).
+            per_size.append(jax.tree.map(lambda *a: np.concatenate(a, axis=1), *parts))
         seconds.append((watch.seconds, watch.compile_seconds))
     return per_size, seconds
 
