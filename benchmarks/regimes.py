@@ -2,6 +2,7 @@
 
     python benchmarks/regimes.py [--regimes l63-sakov2012,l96-square] [--cycles K]
                                  [--seeds 10] [--members N] [--tuning-cycles K]
+                                 [--filters F,G] [--tuned FILTER=SETTING]
 
 For each regime (`assimilax.experiments.REGIMES`): every filter's settings are swept
 on tuning seeds (1000, 1001, ...; one seed proved fragile: on l96-square it picked an
@@ -80,9 +81,9 @@ def sweeps(regime):
             for t in (0.3, 0.8)
         ],
         "lpf": [
-            (f"jit {j} ess {e} r {r:g}", LocalParticleFilter(r, j, e, inflation=RTPS(0.5)))
-            for j in (0.1, 0.3)
-            for e in (0.3, 0.6)
+            (f"ess {e} rtps {a} r {r:g}", LocalParticleFilter(local(r), 0.0, e, RTPS(a)))
+            for e in (0.0, 0.5)
+            for a in (0.2, 0.5, 0.8)
             for r in radii
         ],
         "rhf": [
@@ -193,6 +194,14 @@ def main():
     )
     parser.add_argument("--members", type=integer(2), default=None, help="default: the regime's")
     parser.add_argument("--filters", type=listing(choice(*FILTERS)), default=",".join(FILTERS))
+    parser.add_argument(
+        "--tuned",
+        action="append",
+        default=[],
+        metavar="FILTER=SETTING",
+        help="skip FILTER's sweep and use its grid's SETTING (a label the sweep printed in "
+        "an earlier run on the same tuning seeds); repeatable",
+    )
     args = parser.parse_args()
     import jax
 
@@ -203,6 +212,9 @@ def main():
     from assimilax.experiments import REGIMES, status
 
     check_known(parser, "--regimes", args.regimes or (), REGIMES, "regime")
+    fixed = dict(item.split("=", 1) for item in args.tuned if "=" in item)
+    if len(fixed) != len(args.tuned) or not set(fixed) <= set(args.filters):
+        parser.error("--tuned takes FILTER=SETTING with FILTER one of --filters")
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} device(s)")
     print(f"jax {jax.__version__}, assimilax {ax.__version__}, float64")
     for name in args.regimes or REGIMES:
@@ -218,6 +230,12 @@ def main():
         best = {}
         for fname in args.filters:
             grid = dict(candidates[fname])
+            if fname in fixed:
+                if fixed[fname] not in grid:
+                    parser.error(f"--tuned {fname}: no setting {fixed[fname]!r} in its grid")
+                print(f"tuned {fname}: {fixed[fname]} (given, from an earlier sweep)")
+                best[fname] = (fixed[fname], grid[fixed[fname]])
+                continue
             start = time.perf_counter()
             k, flagged = tune_filter(
                 regime, grid, tuning, args.tuning_cycles or cycles, members, status

@@ -110,7 +110,7 @@ CASES = [
     ("rhf-local", RankHistogramFilter(1.02, radius=2.0), ["l96-arctan"]),
     ("ns-enkf", NormalScoreEnKF(), ["linear"]),
     ("ns-enkf-local", NormalScoreEnKF(1.02, radius=2.0), ["l96-arctan"]),
-    ("lpf", LocalParticleFilter(radius=1000.0, jitter=0.3), ["linear"]),
+    ("lpf", LocalParticleFilter(radius=None, jitter=0.3), ["linear"]),
     ("lpf-local", LocalParticleFilter(radius=2.0, jitter=0.3), ["l96-arctan"]),
 ]
 # The slow suite runs every pair; the default one each filter once (SMC with its

@@ -4,6 +4,7 @@ own definition and against quadrature posteriors, the normal-score EnKF and the 
 particle filter against quadrature posteriors and Kalman moments, and their
 localisation."""
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -21,7 +22,7 @@ from assimilax.filters import (
     adjustment_increments,
     rank_histogram_increments,
 )
-from assimilax.filters._local_pf import tempered_weights
+from assimilax.filters._local_pf import tempering
 from assimilax.observations import Identity, LinearObservation, Power, Subsample
 
 
@@ -121,7 +122,7 @@ def test_local_particle_filter_is_bayes_without_localisation():
     x, log_prior = _bimodal(jr.key(2), 4000)
     obs = LinearObservation(jnp.ones((1, 1)), noise_std=0.5, locations=jnp.zeros((1, 1)))
     square = Power(obs, 2)
-    flt = LocalParticleFilter(radius=1e4, jitter=0.0, ess_target=0.0)
+    flt = LocalParticleFilter(radius=1e4, jitter=0.0, ess_target=0.0, alpha=1.0)
     out = flt.update(Ensemble(x[:, None]), square, jnp.array([1.0]), key=jr.key(3)).members[:, 0]
     assert _quadrature_ks(out, log_prior, 1.0, np.square, 0.5) < 0.05
     w = np.exp(-0.5 * ((1.0 - np.asarray(x) ** 2) / 0.5) ** 2)
@@ -133,19 +134,135 @@ def test_local_particle_filter_is_bayes_without_localisation():
 
 def test_local_particle_filter_localises_and_tempers(getkey):
     """One observation on a line of 40: points beyond the taper's support keep their
-    prior members exactly; the tempering keeps every local ESS at its target."""
+    prior members (to rounding); the tempering keeps every local ESS at its target."""
     d, n = 40, 30
     ens = Ensemble(jr.normal(getkey(), (n, d)))
     obs = Subsample(d, jnp.array([10]), noise_std=0.1)
     flt = LocalParticleFilter(radius=2.0, jitter=0.0, periodic=False)
     out = flt.update(ens, obs, jnp.array([2.5]), key=getkey())
     far = np.abs(np.arange(d) - 10) >= 2 * 1.82 * 2.0
-    assert np.array_equal(out.members[:, far], ens.members[:, far])
+    assert np.allclose(out.members[:, far], ens.members[:, far], rtol=0, atol=1e-12)
     assert not np.allclose(out.members[:, 10], ens.members[:, 10])
     log_lik = -0.5 * ((2.5 - ens.members[:, 10]) / 0.1) ** 2
     for target in (0.3, 0.5, 0.9):
-        w = tempered_weights(jnp.zeros(n), log_lik, jnp.asarray(target))
+        beta = tempering(jnp.zeros(n), log_lik, jnp.asarray(target))
+        w = jax.nn.softmax(beta * log_lik)
         assert abs(1 / float(jnp.sum(w**2)) - target * n) < 1e-3 * n
+
+
+def _lpf_reference(x, y, sites, std, taper, alpha, uniforms):
+    """Poterjoy's (2016) serial local PF written out as the paper's loops (numpy, one
+    observation, then one grid point at a time, the operator applied to the current
+    members), with the given systematic-resampling uniforms."""
+    n, d = x.shape
+    prior, x = x.copy(), x.copy()
+    log_omega = np.zeros((n, d))
+    for k, site in enumerate(sites):
+        log_lik = -0.5 * ((y[k] - x[:, site]) / std) ** 2
+        w = alpha * np.exp(log_lik - log_lik.max()) + 1 - alpha
+        total = w.sum()
+        drawn = np.minimum(
+            np.searchsorted(np.cumsum(w / total), (uniforms[k] + np.arange(n)) / n, "right"),
+            n - 1,
+        )
+        # Survivors stay in their slots; extra copies fill the others in order.
+        counts = np.bincount(drawn, minlength=n)
+        extra = [j for j in range(n) for _ in range(max(counts[j] - 1, 0))]
+        ancestors = np.arange(n)
+        ancestors[counts == 0] = extra
+        p0 = -0.5 * ((y[k] - prior[:, site]) / std) ** 2
+        p0 = np.exp(p0 - p0.max())
+        new = x.copy()
+        for i in range(d):
+            rho = taper(min(abs(i - site), d - abs(i - site)))
+            log_omega[:, i] += np.log(1 + alpha * rho * (p0 - 1))
+            if rho <= 1e-6:
+                continue
+            omega = np.exp(log_omega[:, i] - log_omega[:, i].max())
+            omega /= omega.sum()
+            mean = omega @ prior[:, i]
+            var = omega @ (prior[:, i] - mean) ** 2
+            c = n * (1 - alpha * rho) / (alpha * rho * total)
+            combined = x[ancestors, i] - mean + c * (x[:, i] - mean)
+            new[:, i] = mean + np.sqrt((n - 1) * var / np.sum(combined**2)) * combined
+        x = new
+    return x
+
+
+def test_local_particle_filter_matches_the_papers_loops():
+    """The vectorised serial local PF (augmented members, a scan over observations,
+    every column at once) equals a plain loop transcription of Poterjoy's (2016)
+    algorithm on the same members and uniforms, to rounding: 12 sites on a ring, every
+    2nd observed, 15 members, weights floored (alpha 0.9), no tempering or jitter."""
+    d, n, std, alpha = 12, 15, 0.8, 0.9
+    x = 3 * jr.normal(jr.key(4), (n, d))
+    sites = np.arange(0, d, 2)
+    y = jnp.asarray(np.random.default_rng(5).normal(0, 3, sites.size))
+    obs = Subsample(d, jnp.asarray(sites), noise_std=std)
+    flt = LocalParticleFilter(radius=1.5, jitter=0.0, ess_target=0.0, alpha=alpha)
+    key = jr.key(6)
+    out = flt.update(Ensemble(x), obs, y, key=key).members
+    # The uniforms the filter draws: one per observation, from the first half of `key`.
+    keys = jr.split(jr.split(key)[0], sites.size)
+    uniforms = np.array([float(jr.uniform(k, (), x.dtype)) for k in keys])
+    taper = lambda dist: float(flt.localisation(jnp.asarray(float(dist))))
+    ref = _lpf_reference(np.asarray(x), np.asarray(y), sites, std, taper, alpha, uniforms)
+    assert np.abs(ref - np.asarray(x)).max() > 0.1  # the update moved the members
+    assert np.allclose(np.asarray(out), ref, rtol=0, atol=1e-10)
+
+
+def _normal_score_reference(x, hx, noise, y):
+    """The joint normal-score EnKF (Grooms 2022) written out column by column (numpy,
+    scipy's normal quantiles, `np.interp` with Gaussian tails), given the perturbations."""
+    n, d = x.shape
+    levels = stats.norm.ppf(np.arange(1, n + 1) / (n + 1))
+
+    def scores(column):
+        return levels[np.argsort(np.argsort(column))]
+
+    def mapping(v, knots, values, slope):
+        inside = np.interp(v, knots, values)
+        return np.where(
+            v < knots[0], values[0] + slope * (v - knots[0]),
+            np.where(v > knots[-1], values[-1] + slope * (v - knots[-1]), inside),
+        )  # fmt: skip
+
+    perturbed = hx + noise - noise.mean(axis=0)
+    columns, values = [scores(x[:, i]) for i in range(d)], []
+    for k in range(hx.shape[1]):
+        knots, sd = np.sort(perturbed[:, k]), perturbed[:, k].std(ddof=1)
+        predicted = mapping(hx[:, k], knots, levels, 1 / sd)
+        errors = scores(perturbed[:, k]) - predicted
+        columns.append(predicted)
+        values.append(mapping(y[k], knots, levels, 1 / sd) - (errors - errors.mean()))
+    z = np.stack(columns, axis=1)
+    for k, v in enumerate(values):
+        u = z[:, d + k].copy()
+        var_u, var_y = u.var(ddof=1), v.var(ddof=1)
+        du = var_u / (var_u + var_y) * (v - u)
+        for j in range(z.shape[1]):
+            z[:, j] += np.cov(z[:, j], u)[0, 1] / var_u * du
+    return np.stack(
+        [mapping(z[:, i], levels, np.sort(x[:, i]), x[:, i].std(ddof=1)) for i in range(d)],
+        axis=1,
+    )
+
+
+def test_normal_score_filter_matches_a_column_by_column_transcription():
+    """The serial, vectorised normal-score EnKF equals a plain transcription of the
+    algorithm (per column and observation, scipy's quantiles) on the same members and
+    perturbations: a skewed 3-variable prior, two observations through x^2, 50 members."""
+    n = 50
+    x = jnp.exp(0.5 * jr.normal(jr.key(7), (n, 3))) + jnp.array([[0.0, 1.0, -2.0]])
+    obs = Power(Subsample(3, jnp.array([0, 2]), noise_std=0.4), 2)
+    y = jnp.array([1.5, 2.0])
+    key = jr.key(8)
+    out = NormalScoreEnKF().update(Ensemble(x), obs, y, key=key).members
+    noise = obs.noise.sample(key=jr.split(key)[0], shape=(n,))
+    hx = np.asarray(x)[:, [0, 2]] ** 2
+    ref = _normal_score_reference(np.asarray(x), hx, np.asarray(noise), np.asarray(y))
+    assert np.abs(ref - np.asarray(x)).max() > 0.1
+    assert np.allclose(np.asarray(out), ref, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -213,25 +330,21 @@ def test_adjustment_rule_is_the_kalman_update():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 27): the one-shot merge makes the local PF pure local "
-    "resampling under dense observations; it loses track on the standard Lorenz-96 case",
-)
 def test_local_pf_tracks_the_standard_lorenz96_case():
-    """Lorenz-96, all 40 sites observed every 0.05 with R = I, N = 40, 500 cycles: a
-    sound local PF stays within twice the LETKF's RMSE (Poterjoy 2016 tracks this kind
-    of case at N = 25). Ours: 4.2-5.2 against the LETKF's 0.21 (2026-12-06)."""
+    """Lorenz-96, all 40 sites observed every 0.05 with R = I, N = 40, 500 cycles: the
+    serial local PF stays within 1.8 times the LETKF's RMSE (0.330 against 0.213 measured
+    on 2026-12-06 with radius 2, ESS target 0.5, RTPS 0.5). The batch form it replaced
+    lost track here (4.2-5.2)."""
     import assimilax as ax
     from assimilax.experiments import get_model
-    from assimilax.filters import LETKF
+    from assimilax.filters import LETKF, RTPS
 
     setup = get_model("lorenz96")
-    filters = {"letkf": LETKF(4.0, 1.02), "lpf": LocalParticleFilter(4.0, 0.3, 0.5)}
+    filters = {"letkf": LETKF(4.0, 1.02), "lpf": LocalParticleFilter(2.0, 0.0, 0.5, RTPS(0.5))}
     ds = ax.twin_experiment(
         setup.make_dynamics(40), ax.make_observation(40, 1.0), filters, key=jr.key(1),
         members=40, cycles=500, obs_interval=0.05, burn_in=100, progress=False,
         **setup.start(40),
     )  # fmt: skip
     scores = ax.summarise(ds)
-    assert scores["lpf"]["rmse_analysis"] < 2 * scores["letkf"]["rmse_analysis"]
+    assert scores["lpf"]["rmse_analysis"] < 1.8 * scores["letkf"]["rmse_analysis"]

@@ -42,6 +42,20 @@ def test_resampling_is_unbiased(method, getkey):
         assert np.all(counts >= np.floor(n * np.asarray(w)) - 1e-9)
 
 
+def test_keep_in_place_moves_the_fewest_members(getkey):
+    """Every drawn particle keeps its own slot; the multiset of ancestors is unchanged;
+    the extra copies fill the empty slots."""
+    from assimilax._resampling import keep_in_place
+
+    n = 9
+    for k in jr.split(getkey(), 20):
+        drawn = resample(jr.dirichlet(k, jnp.full(n, 0.5)), key=k)
+        kept = np.asarray(keep_in_place(drawn))
+        assert sorted(kept) == sorted(np.asarray(drawn))
+        survivors = np.unique(np.asarray(drawn))
+        assert np.array_equal(kept[survivors], survivors)
+
+
 def test_resampling_rejects_unknown_scheme():
     with pytest.raises(ValueError, match="resampling"):
         BootstrapFilter("bogus")

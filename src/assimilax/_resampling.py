@@ -82,3 +82,15 @@ _SCHEMES = {
     "residual": _residual,
     "multinomial": _multinomial,
 }
+
+
+def keep_in_place(indices: Int[Array, " n"]) -> Int[Array, " n"]:
+    """Ancestor `indices` rearranged so that every particle drawn at least once keeps
+    its own slot and its extra copies fill the slots of the particles not drawn (the
+    same multiset of ancestors): the least movement of members, so that filters which
+    resample each grid point or each observation apart keep members coherent."""
+    n = indices.shape[0]
+    counts = jnp.bincount(indices, length=n)
+    extra = jnp.repeat(jnp.arange(n), jnp.maximum(counts - 1, 0), total_repeat_length=n)
+    empty = jnp.nonzero(counts == 0, size=n, fill_value=n)[0]
+    return jnp.arange(n).at[empty].set(extra, mode="drop")

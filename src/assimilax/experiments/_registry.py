@@ -111,7 +111,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "enks": ("lag", "inflation", "rotate"),
     "rhf": ("inflation", "radius", "rotate"),
     "ns-enkf": ("inflation", "radius"),
-    "lpf": ("radius", "jitter", "ess_target", "inflation", "resampling"),
+    "lpf": ("radius", "jitter", "ess_target", "inflation", "alpha", "resampling"),
 }
 
 

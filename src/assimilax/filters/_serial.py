@@ -125,7 +125,10 @@ class AbstractSerialFilter(AbstractEnsembleFilter):
         m = values.shape[-1]
         d = dm - m
         observed = jnp.ones(m, bool) if mask is None else mask
-        taper = self._tapers(observation, belief.state_shape, d, m, members.dtype)
+        taper = augmented_tapers(
+            self.localisation, observation, belief.state_shape, d, m, members.dtype,
+            self.periodic, type(self).__name__,
+        )  # fmt: skip
 
         def assimilate_one(members, k):
             u = members[:, d + k]
@@ -149,31 +152,32 @@ class AbstractSerialFilter(AbstractEnsembleFilter):
         rotation = mean_preserving_rotation(n, key=key, dtype=members.dtype)
         return mean[None] + rotation @ (members - mean[None])
 
-    def _tapers(self, observation, state_shape, d, m, dtype):
-        """The function giving the taper between observation `k` and every augmented
-        column (ones without localisation)."""
-        if self.localisation is None:
-            return lambda k: jnp.ones(d + m, dtype)
-        name = type(self).__name__
-        locations = observation.locations()
-        if locations is None or locations.shape[-1] != len(state_shape):
-            raise TypeError(
-                f"{name} with a `radius` needs observation locations with one coordinate "
-                f"per state axis; {type(observation).__name__} has none or a different number."
-            )
-        if isinstance(observation.noise, DenseCovariance):
-            raise TypeError(
-                f"{name} with a `radius` needs uncorrelated observation errors (a scalar "
-                "or diagonal noise); whitening a dense R mixes the observations' locations."
-            )
-        grid = grid_coordinates(jnp.arange(math.prod(state_shape)), state_shape).astype(dtype)
-        points = jnp.concatenate([grid, locations.astype(dtype)])
-        domain = state_shape if self.periodic else None
 
-        def taper(k):
-            return self.localisation(periodic_distance(points, points[d + k][None], domain))
+def augmented_tapers(localisation, observation, state_shape, d, m, dtype, periodic, name):
+    """The function giving the Gaspari–Cohn taper between observation `k` and every
+    column of the augmented members (`d` state columns, then `m` observed ones; ones
+    where `localisation` is None). `name` is the filter's, for the errors."""
+    if localisation is None:
+        return lambda k: jnp.ones(d + m, dtype)
+    locations = observation.locations()
+    if locations is None or locations.shape[-1] != len(state_shape):
+        raise TypeError(
+            f"{name} with a `radius` needs observation locations with one coordinate "
+            f"per state axis; {type(observation).__name__} has none or a different number."
+        )
+    if isinstance(observation.noise, DenseCovariance):
+        raise TypeError(
+            f"{name} with a `radius` needs uncorrelated observation errors (a scalar "
+            "or diagonal noise); whitening a dense R mixes the observations' locations."
+        )
+    grid = grid_coordinates(jnp.arange(math.prod(state_shape)), state_shape).astype(dtype)
+    points = jnp.concatenate([grid, locations.astype(dtype)])
+    domain = state_shape if periodic else None
 
-        return taper
+    def taper(k):
+        return localisation(periodic_distance(points, points[d + k][None], domain))
+
+    return taper
 
 
 _SETTINGS = """
