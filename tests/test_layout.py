@@ -13,7 +13,7 @@ FLOORS = [
     {"experiments"},
     {"_driver"},
     {"_sinks"},
-    {"_assimilate", "_tune", "_fit", "_em"},
+    {"_assimilate", "_tune", "_fit", "_em", "_augment"},
     {"filters", "_streams", "metrics", "stylized", "diffusion"},
     {"observations", "_ensemble", "_sharding", "_belief", "_covariance"},
     {"dynamics"},

@@ -53,6 +53,8 @@ _LAZY = {
     "FitResult": "._fit",
     "log_likelihood": "._fit",
     "fit_em": "._em",
+    "estimate_by_augmentation": "._augment",
+    "AugmentationResult": "._augment",
     "EMResult": "._em",
     "rmse": ".metrics",
     "time_average": ".metrics",
@@ -92,6 +94,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         observations as observations,
     )
     from ._assimilate import Solution as Solution, assimilate as assimilate
+    from ._augment import (
+        AugmentationResult as AugmentationResult,
+        estimate_by_augmentation as estimate_by_augmentation,
+    )
     from ._belief import AbstractBelief as AbstractBelief, GaussianBelief as GaussianBelief
     from ._driver import assimilate_stream as assimilate_stream
     from ._em import EMResult as EMResult, fit_em as fit_em
