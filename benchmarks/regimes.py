@@ -81,9 +81,13 @@ def sweeps(regime):
             for t in (0.3, 0.8)
         ],
         "lpf": [
-            (f"ess {e} rtps {a} r {r:g}", LocalParticleFilter(local(r), 0.0, e, RTPS(a)))
+            (
+                f"jit {j} ess {e} rtps {a} r {r:g}",
+                LocalParticleFilter(local(r), j, e, RTPS(a) if a else None),
+            )
+            for j in (0.0, 0.3)
             for e in (0.0, 0.5)
-            for a in (0.2, 0.5, 0.8)
+            for a in (0, 0.2, 0.5, 0.8)
             for r in radii
         ],
         "rhf": [

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 from ..dynamics import AbstractDynamics, Lorenz63, Lorenz96, Shocked
+from ..filters import RTPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,9 @@ REGIMES: dict[str, Regime] = {
             "ienks": {"iterations": 3, "inflation": 1.0, "rotate": True},
             "rhf": {"inflation": 1.05},
             "ns-enkf": {"inflation": 1.02},
-            "lpf": {"radius": 1000.0, "jitter": 0.3, "ess_target": 0.3},
+            # The serial local PF (global here), tuned the same way (2026-12-06):
+            # 0.835 +- 0.254 over seeds 1-10, losing track on some seeds.
+            "lpf": {"jitter": 0.3, "ess_target": 0.0},
             "hybrid": {"ess_target": 0.5, "inflation": 1.05, "max_local_observations": 32},
         },
     ),
@@ -139,6 +142,7 @@ REGIMES: dict[str, Regime] = {
             "letkf": {"inflation": 1.1, "radius": 4.0},
             "rhf": {"inflation": 1.1, "radius": 4.0},
             "ns-enkf": {"inflation": 1.05, "radius": 4.0},
+            "lpf": {"radius": 2.0, "ess_target": 0.0, "inflation": RTPS(0.2)},
             "hybrid": {
                 "ess_target": 0.7,
                 "inflation": 1.05,
@@ -198,6 +202,7 @@ REGIMES: dict[str, Regime] = {
             "rhf": {"inflation": 1.2, "radius": 8.0},
             "ns-enkf": {"inflation": 1.1, "radius": 4.0},
             "ienks": {"iterations": 3, "inflation": 1.1, "rotate": True},
+            "lpf": {"radius": 2.0, "ess_target": 0.0, "inflation": RTPS(0.2)},
             "hybrid": {
                 "ess_target": 0.9,
                 "inflation": 1.05,
