@@ -118,8 +118,8 @@ def estimate_by_augmentation(
         raise ValueError(f"`prior_std` must be > 0 for every parameter; got {prior_std!r}.")
     if not 0 <= burn_in < len(series.times):
         raise ValueError(f"`burn_in` must lie in [0, {len(series.times)}); got {burn_in}.")
-    init_key, run_key = jr.split(key)
-    theta = centre[None] + scale[None] * jr.normal(init_key, (n, len(names)), members.dtype)
+    theta_key, init_key, run_key = jr.split(key, 3)
+    theta = centre[None] + scale[None] * jr.normal(theta_key, (n, len(names)), members.dtype)
     start = Ensemble(jnp.concatenate([members.reshape(n, -1), theta], axis=1))
     observation = StateObservation(series.observation, dynamics.state_shape)
     series = eqx.tree_at(lambda s: s.observation, series, observation)
