@@ -25,6 +25,7 @@ from assimilax.filters import (
     HybridScoreFilter,
     IEnKS,
     KalmanFilter,
+    LearnedPriorFilter,
     LocalParticleFilter,
     NormalScoreEnKF,
     OptimalInterpolation,
@@ -112,6 +113,22 @@ CASES = [
     ("ns-enkf-local", NormalScoreEnKF(1.02, radius=2.0), ["l96-arctan"]),
     ("lpf", LocalParticleFilter(radius=None, jitter=0.3), ["linear"]),
     ("lpf-local", LocalParticleFilter(radius=2.0, jitter=0.3), ["l96-arctan"]),
+    # The exact score of N(0, I) in the ensemble's frame: the Gaussian prior of the members.
+    (
+        "learned",
+        LearnedPriorFilter(
+            StandardNormalNoise(jnp.ones(())),
+            VPSDE(),
+            1.0,
+            0.0,
+            1.0,
+            particles=500,
+            steps=20,
+            conditioned=False,
+            ridge=0.0,
+        ),
+        ["linear", "l96-arctan"],
+    ),
 ]
 # The slow suite runs every pair; the default one each filter once (SMC with its
 # particles only there), which keeps it inside its time (a filter name, or name-problem).
@@ -120,6 +137,7 @@ SLOW = {
     "enks-l96-arctan", "enkf-n-l96-arctan", "extkf-l96-arctan", "enkf-l96-arctan",
     "letkf-l96-arctan", "bootstrap-l96-arctan", "ensf-l96-arctan", "hybrid-l96-arctan",
     "denkf-l96-arctan", "adaptive-letkf-linear", "enks-linear", "rhf", "ns-enkf", "lpf",
+    "learned-l96-arctan",
 }  # fmt: skip
 PAIRS = [
     pytest.param(

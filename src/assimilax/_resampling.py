@@ -47,8 +47,7 @@ def _uniforms(weights, key, count):
 
 
 def _systematic(weights, key):
-    u, steps, n = _uniforms(weights, key, 0)
-    return _inverse_cdf(weights, (u + steps) / n)
+    return draw(weights, weights.shape[0], key=key)
 
 
 def _stratified(weights, key):
@@ -94,3 +93,10 @@ def keep_in_place(indices: Int[Array, " n"]) -> Int[Array, " n"]:
     extra = jnp.repeat(jnp.arange(n), jnp.maximum(counts - 1, 0), total_repeat_length=n)
     empty = jnp.nonzero(counts == 0, size=n, fill_value=n)[0]
     return jnp.arange(n).at[empty].set(extra, mode="drop")
+
+
+def draw(weights: Float[Array, " M"], count: int, *, key: PRNGKeyArray) -> Int[Array, " count"]:
+    """`count` indices drawn from normalised `weights` by systematic resampling (one
+    uniform; `count` may differ from the number of weights), sorted ascending."""
+    u = jr.uniform(key, (), weights.dtype)
+    return _inverse_cdf(weights, (u + jnp.arange(count, dtype=weights.dtype)) / count)

@@ -11,6 +11,12 @@ from ._electrode import (
     ElectrodeScaling as ElectrodeScaling,
     electrode_dataset as electrode_dataset,
 )
+from ._learned import (
+    load_learned_prior as load_learned_prior,
+    regime_run as regime_run,
+    save_learned_prior as save_learned_prior,
+    train_learned_prior as train_learned_prior,
+)
 from ._markets import (
     MARKETS as MARKETS,
     market_prices as market_prices,

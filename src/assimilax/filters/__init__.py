@@ -28,6 +28,11 @@ from ._inflation import (
     NoInflation as NoInflation,
 )
 from ._kalman import KalmanFilter as KalmanFilter
+from ._learned import (
+    LearnedPriorFilter as LearnedPriorFilter,
+    ensemble_frame as ensemble_frame,
+    training_pairs as training_pairs,
+)
 from ._letkf import LETKF as LETKF
 from ._local_pf import LocalParticleFilter as LocalParticleFilter
 from ._localisation import (
