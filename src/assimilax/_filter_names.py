@@ -5,3 +5,7 @@ FILTER_NAMES = (
     "etkf", "letkf", "enkf", "pf", "ensf", "hybrid", "sf", "enkf-n", "denkf", "extkf", "var3d",
     "oi", "ienks", "serial", "enks", "rhf", "ns-enkf", "lpf",
 )  # fmt: skip
+
+# Filters trained on a regime's own twin runs before use: `assimilax twin --regime R
+# --filters learned` (trained on first use into the user cache; not on sensor files).
+TRAINED_FILTERS = ("learned",)

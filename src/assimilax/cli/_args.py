@@ -3,7 +3,7 @@
 import argparse
 import math
 
-from .._filter_names import FILTER_NAMES
+from .._filter_names import FILTER_NAMES, TRAINED_FILTERS
 
 
 _SEED_MAX = 2**32 - 1
@@ -100,7 +100,7 @@ def _filter_names(text: str) -> list[str]:
         raise argparse.ArgumentTypeError("name at least one filter.")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a filter is named twice in {text!r}.")
-    return [_filter_name(n) for n in names]
+    return [n if n in TRAINED_FILTERS else _filter_name(n) for n in names]
 
 
 def _names(text: str) -> list[str]:

@@ -3,7 +3,7 @@
 import math
 import sys
 
-from .._filter_names import FILTER_NAMES
+from .._filter_names import FILTER_NAMES, TRAINED_FILTERS
 from ._args import (
     _bandwidth,
     _experiment_arguments,
@@ -37,7 +37,9 @@ def _twin_parser(sub) -> None:
         "--filters",
         type=_filter_names,
         default="etkf,letkf,enkf",
-        help=f"comma-separated: {','.join(FILTER_NAMES)}",
+        help=f"comma-separated: {','.join(FILTER_NAMES)}; with --regime also "
+        f"{','.join(TRAINED_FILTERS)} (the learned prior, trained on the regime's own twin "
+        "runs on first use and kept in the user cache)",
     )
     twin.add_argument(
         "--members", type=_positive_int, default=None, help="ensemble size (default: the model's)"
@@ -85,6 +87,21 @@ def _twin_parser(sub) -> None:
     twin.set_defaults(run=_run_twin, lock_out=True)
 
 
+def _trained_filter(name, regime, members, args):
+    """The learned prior of `regime` at `members` members: from the user cache, or
+    trained now and cached (a note on stderr says which)."""
+    from ..experiments import learned_prior
+
+    if regime is None:
+        raise ValueError(
+            f"--filters {name}: the learned prior is trained on a regime's own twin runs; "
+            "give --regime (e.g. l63-sakov2012)."
+        )
+    flt, note = learned_prior(regime, members, progress=not args.no_progress)
+    print(f"note: {note}", file=sys.stderr)
+    return flt
+
+
 def _run_twin(args) -> int:
     from .._io import check_output_paths
 
@@ -103,7 +120,12 @@ def _run_twin(args) -> int:
         "This run (--cycles x --members x --dim)",
     )
     options = _filter_options(args, names)
-    filters = {n: make_filter(n, setup, dim=dim, **options[n]) for n in names}
+    filters = {
+        n: _trained_filter(n, regime, members, args)
+        if n in TRAINED_FILTERS
+        else make_filter(n, setup, dim=dim, **options[n])
+        for n in names
+    }
     settings = {
         "model": setup.name,
         "regime": "none" if regime is None else regime.name,

@@ -12,6 +12,8 @@ from ._electrode import (
     electrode_dataset as electrode_dataset,
 )
 from ._learned import (
+    cache_path as cache_path,
+    learned_prior as learned_prior,
     load_learned_prior as load_learned_prior,
     regime_run as regime_run,
     save_learned_prior as save_learned_prior,

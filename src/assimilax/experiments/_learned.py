@@ -2,6 +2,7 @@
 saving/loading it (issue 28)."""
 
 import os
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -120,3 +121,32 @@ def load_learned_prior(path: str | os.PathLike, **settings) -> LearnedPriorFilte
         ridge=meta.get("ridge", 0.05),
         **settings,
     )
+
+
+def cache_path(regime: Regime, members: int) -> Path:
+    """Where `learned_prior` keeps the prior of `regime` at `members` members:
+    `$ASSIMILAX_CACHE` (default `~/.cache/assimilax`)`/learned/REGIME-nN-v1.eqx`."""
+    root = os.environ.get("ASSIMILAX_CACHE") or Path.home() / ".cache" / "assimilax"
+    return Path(root) / "learned" / f"{regime.name}-n{members}-v1.eqx"
+
+
+def learned_prior(regime: Regime, members: int, *, progress=False, **settings):
+    """`(filter, note)`: the learned prior of `regime` at `members` members, loaded from
+    `cache_path` or trained with `train_learned_prior`'s defaults and saved there (the
+    `note` says which, with the seconds of training); `settings` as `load_learned_prior`.
+    For states of at most 10 values (the network is not local: a grid needs a local,
+    translation-invariant one, not built yet)."""
+    if regime.dim > 10:
+        raise ValueError(
+            f"The learned prior is built for states of at most 10 values; {regime.name} has "
+            f"{regime.dim} (a local network for grids is not built yet)."
+        )
+    path = cache_path(regime, members)
+    if path.is_file():
+        return load_learned_prior(path, **settings), f"learned prior loaded from {path}"
+    start = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_learned_prior(path, train_learned_prior(regime, members, progress=progress))
+    seconds = time.perf_counter() - start
+    note = f"learned prior trained in {seconds:.0f} s and saved to {path}"
+    return load_learned_prior(path, **settings), note
