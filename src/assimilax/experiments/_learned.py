@@ -78,8 +78,8 @@ def train_learned_prior(
     ema = None
     for i, round_key in enumerate(round_keys):
         result = diffusion.fit(
-            network, z / z_scale, sde=sde, key=round_key, steps=steps, batch_size=256,
-            cond=(f - f_mean) / f_std if conditioned else None, chunk_size=500,
+            network, z / z_scale[None], sde=sde, key=round_key, steps=steps, batch_size=256,
+            cond=(f - f_mean[None]) / f_std[None] if conditioned else None, chunk_size=500,
             ema_network=ema, progress=progress,
         )  # fmt: skip
         network, ema = result.network, result.ema_network
