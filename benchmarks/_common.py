@@ -90,6 +90,7 @@ DECAY = Kind("a number in [0, 1)", _finite, lambda value: 0 <= value < 1)
 NAME = Kind("a name", str, bool)
 SEED = Kind(f"an integer seed in [0, {2**32 - 1}]", int, lambda value: 0 <= value < 2**32)
 FOLDER = Kind("an existing folder", str, os.path.isdir)
+INPUT_FILE = Kind("an existing file", str, os.path.isfile)
 OUTPUT_FILE = Kind(
     "a file name in an existing folder",
     str,

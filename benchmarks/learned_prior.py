@@ -1,104 +1,142 @@
-"""A learned prior of the forecast law given few members (issue 28), against the ETKF.
+"""A learned prior of the forecast law given few members (issue 28), against the tuned baselines.
 
-    python benchmarks/learned_prior.py [--members 10] [--seeds 10] [--cycles 1500]
-        [--train-seeds 20] [--train-cycles 2000] [--steps 5000] [--rounds 2]
-        [--particles 300] [--sampler-steps 30] [--unconditioned] [--save FILE]
+    python benchmarks/learned_prior.py [--regime l63-sakov2012] [--members 10] [--seeds 10]
+        [--cycles C] [--train-seeds 20] [--train-cycles 2000] [--steps 5000] [--rounds 2]
+        [--particles M] [--sampler-steps S] [--width W] [--depth D] [--analysis A]
+        [--unconditioned] [--training-forcing F] [--save FILE] [--load FILE]
 
-On `l63-sakov2012` (all observed every 0.25, R = 2 I): forecast/truth pairs from the
-tuned ETKF's twin runs on training seeds (2000, 2001, ...), each truth written in its
-forecast ensemble's frame (`filters._learned.training_pairs`); an `MLPScore` (width
-128, depth 3, VP SDE) trained on them by denoising score matching, conditioned on the
-ensemble's features (or not, `--unconditioned`); then `--rounds - 1` rounds of
-self-training on the learned filter's own forecasts (4 training seeds, 500 cycles;
-pairs from runs that lost track, |z| > 50, left out). `LearnedPriorFilter` is scored
-against the ETKF (inflation 1.05, rotation: the N = 10 setting `regimes.py` tuned) on
-seeds 1..S, same truth per seed: RMSE ± s.e., spread, paired difference with its 95 %
-interval and seeds won, and seconds per cycle of each.
+`l63-sakov2012` (all observed every 0.25, R = 2 I) or `l96-sakov2008` (d = 40, all
+observed every 0.05, R = I). Forecast/truth pairs come from the teacher's twin runs on
+training seeds (2000, 2001, ...), each truth written in its forecast ensemble's frame
+(`filters._learned.training_pairs`: the full covariance's on Lorenz-63, the local frame
+on Lorenz-96); a score network (VP SDE) is trained on them by denoising score matching,
+conditioned on the ensemble's features (or not, `--unconditioned`): an `MLPScore`
+(width 128, depth 3) on Lorenz-63, a local `LocalScore` (width 32, depth 4) on Lorenz-96;
+then `--rounds - 1` rounds of self-training on the learned filter's own forecasts (4
+training seeds, 500 cycles). `--training-forcing 8.5` makes the pairs with Lorenz-96's F
+= 8.5 while the truth and the forecasts use F = 8 (model error). The analysis: M samples
+weighted by the likelihood (`--analysis weights`, Lorenz-63's default) or updated by the
+LETKF (radius 4) / ETKF as an ensemble of M (`letkf`, Lorenz-96's default).
+
+Scored on seeds 1..S against the baselines `benchmarks/regimes.py` tuned at this N on
+the tuning seeds (Lorenz-63, N = 5 and 10: the ETKF, inflation 1.05, and the EnKF-N;
+Lorenz-96, N = 10: the LETKF, inflation 1.02, radius 4), same truth per seed:
+RMSE ± s.e., spread, 90 % coverage, paired difference with its 95 % interval and seeds
+won, and seconds per cycle of each (analysis, forecast and scores, compilation included).
 """
 
 import platform
 import time
 
-from _common import OUTPUT_FILE, POSITIVE_INT, Parser, integer
+from _common import INPUT_FILE, OUTPUT_FILE, POSITIVE_FLOAT, POSITIVE_INT, Parser, choice, integer
+
+
+REGIME_NAMES = ("l63-sakov2012", "l96-sakov2008")
+
+
+def baselines(regime, members):
+    """The tuned baselines at this N (`benchmarks/regimes.py`, tuning seeds 1000-1001)."""
+    from assimilax.filters import ETKF, LETKF, EnKFN
+
+    if regime.name == "l96-sakov2008":
+        return {"letkf": LETKF(radius=4.0, inflation=1.02)}
+    return {"etkf": ETKF(1.05, rotate=True), "enkf-n": EnKFN(rotate=True)}
 
 
 def main():
     parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", type=choice(*REGIME_NAMES), default=REGIME_NAMES[0])
     parser.add_argument("--members", type=integer(2), default=10)
     parser.add_argument("--seeds", type=integer(2), default=10, help="scoring seeds 1..S")
-    parser.add_argument("--cycles", type=POSITIVE_INT, default=1500)
+    parser.add_argument("--cycles", type=POSITIVE_INT, default=None, help="default: the regime's")
     parser.add_argument("--train-seeds", type=POSITIVE_INT, default=20)
     parser.add_argument("--train-cycles", type=integer(101), default=2000)
     parser.add_argument("--steps", type=POSITIVE_INT, default=5000, help="training steps a round")
     parser.add_argument("--rounds", type=POSITIVE_INT, default=2)
-    parser.add_argument("--particles", type=POSITIVE_INT, default=300)
-    parser.add_argument("--sampler-steps", type=POSITIVE_INT, default=30)
+    parser.add_argument("--particles", type=POSITIVE_INT, default=None)
+    parser.add_argument("--sampler-steps", type=POSITIVE_INT, default=None)
+    parser.add_argument("--width", type=POSITIVE_INT, default=None)
+    parser.add_argument("--depth", type=POSITIVE_INT, default=None)
+    parser.add_argument("--analysis", type=choice("weights", "etkf", "letkf"), default=None)
     parser.add_argument("--unconditioned", action="store_true")
+    parser.add_argument("--training-forcing", type=POSITIVE_FLOAT, default=None)
     parser.add_argument("--save", type=OUTPUT_FILE, default=None, help="write the network")
+    parser.add_argument("--load", type=INPUT_FILE, default=None, help="skip training")
     args = parser.parse_args()
+    import dataclasses
+
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
     import numpy as np
-    from regimes import paired
+    from regimes import paired, run
 
     import assimilax as ax
     from assimilax.experiments import (
         REGIMES,
-        regime_run,
+        load_learned_prior,
         save_learned_prior,
         train_learned_prior,
     )
-    from assimilax.filters import ETKF
+    from assimilax.filters import ETKF, LETKF
 
+    regime = REGIMES[args.regime]
+    if args.training_forcing is not None and regime.model != "lorenz96":
+        parser.error("--training-forcing is for the Lorenz-96 regime")
     print(f"machine: {platform.processor() or platform.machine()}, jax {jax.__version__}, "
           f"assimilax {ax.__version__}, float64")  # fmt: skip
     print(f"settings: {vars(args)}")
-    regime = REGIMES["l63-sakov2012"]
-    etkf = ETKF(1.05, rotate=True)
-
-    def run(flt, seed, cycles):
-        start = time.perf_counter()
-        sol, _ = regime_run(regime, flt, seed, cycles, args.members)
-        jax.block_until_ready(sol.analysis_mean)
-        return sol, time.perf_counter() - start
-
+    cycles = args.cycles or regime.cycles
+    analysis = {"weights": None, "etkf": ETKF(), "letkf": LETKF(radius=4.0), None: None}
+    settings = {
+        k: v
+        for k, v in dict(
+            particles=args.particles, steps=args.sampler_steps,
+            analysis=analysis[args.analysis],
+        ).items()
+        if v is not None
+    }  # fmt: skip
     start = time.perf_counter()
-    learned = train_learned_prior(
-        regime, args.members, teacher=etkf, train_seeds=range(2000, 2000 + args.train_seeds),
-        train_cycles=args.train_cycles, steps=args.steps, rounds=args.rounds,
-        conditioned=not args.unconditioned, particles=args.particles,
-        sampler_steps=args.sampler_steps, progress=True,
-    )  # fmt: skip
-    print(f"\ntrained in {time.perf_counter() - start:.0f} s (pair runs included)")
+    if args.load:
+        learned = load_learned_prior(args.load, **settings)
+    else:
+        training = None
+        if args.training_forcing is not None:
+            training = dataclasses.replace(regime, forcing=args.training_forcing)
+        learned = train_learned_prior(
+            regime, args.members, train_seeds=range(2000, 2000 + args.train_seeds),
+            train_cycles=args.train_cycles, steps=args.steps, rounds=args.rounds,
+            conditioned=not args.unconditioned, width=args.width, depth=args.depth,
+            particles=args.particles, sampler_steps=args.sampler_steps,
+            analysis=analysis[args.analysis], training_regime=training, progress=True,
+        )  # fmt: skip
+        print(f"\ntrained in {time.perf_counter() - start:.0f} s (pair runs included)")
     if args.save:
         save_learned_prior(args.save, learned)
 
-    rows = {"learned": [], "etkf": []}
-    seconds = {"learned": 0.0, "etkf": 0.0}
-    burn = args.cycles // 10
+    filters = {"learned": learned, **baselines(regime, args.members)}
+    rows = {name: [] for name in filters}
+    seconds = dict.fromkeys(filters, 0.0)
     for seed in range(1, args.seeds + 1):
-        for name, flt in (("learned", learned), ("etkf", etkf)):
-            sol, took = run(flt, seed, args.cycles)
-            seconds[name] += took
+        for name, flt in filters.items():
+            start = time.perf_counter()
+            summary = ax.summarise(run(regime, {name: flt}, seed, cycles, args.members))[name]
+            seconds[name] += time.perf_counter() - start
             rows[name].append(
-                (
-                    float(jnp.mean(sol.rmse_analysis[burn:])),
-                    float(jnp.mean(sol.analysis_spread[burn:])),
-                )
+                (summary["rmse_analysis"], summary["spread_analysis"], summary["coverage_90"])
             )
-    print(f"\nscored on seeds 1..{args.seeds}, {args.cycles} cycles, N = {args.members}")
-    print(f"{'filter':<8} {'rmse_a':>15} {'spread':>7} {'s/cycle':>9}")
+    print(f"\n{regime.name}: scored on seeds 1..{args.seeds}, {cycles} cycles, N = {args.members}")
+    print(f"{'filter':<8} {'rmse_a':>15} {'spread':>7} {'cov90':>6} {'s/cycle':>9}")
     for name, r in rows.items():
-        rmse = np.array([a for a, _ in r])
+        rmse, spread, cover = (np.array(c) for c in zip(*r, strict=True))
         se = rmse.std(ddof=1) / np.sqrt(rmse.size)
-        per_cycle = seconds[name] / (args.seeds * args.cycles)
-        print(f"{name:<8} {rmse.mean():>7.3f} ± {se:<5.3f} {np.mean([s for _, s in r]):>7.3f} "
-              f"{per_cycle:>9.5f}")  # fmt: skip
-    mean, low, high, wins = paired([a for a, _ in rows["learned"]], [a for a, _ in rows["etkf"]])
-    print(f"paired, learned - ETKF: {mean:+.1f} % [{low:+.1f}, {high:+.1f}], "
-          f"learned better on {wins}/{args.seeds}")  # fmt: skip
+        per_cycle = seconds[name] / (args.seeds * cycles)
+        print(f"{name:<8} {rmse.mean():>7.3f} ± {se:<5.3f} {spread.mean():>7.3f} "
+              f"{cover.mean():>6.2f} {per_cycle:>9.5f}")  # fmt: skip
+    for name in list(filters)[1:]:
+        mean, low, high, wins = paired([r[0] for r in rows["learned"]], [r[0] for r in rows[name]])
+        print(f"paired, learned - {name}: {mean:+.1f} % [{low:+.1f}, {high:+.1f}], "
+              f"learned better on {wins}/{args.seeds}")  # fmt: skip
 
 
 if __name__ == "__main__":

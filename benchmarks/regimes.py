@@ -27,6 +27,7 @@ FILTERS = (
     "etkf",
     "letkf",
     "enkf",
+    "enkf-n",
     "ienks",
     "pf",
     "lpf",
@@ -47,6 +48,7 @@ def sweeps(regime):
         RTPS,
         AdaptiveInflation,
         BootstrapFilter,
+        EnKFN,
         EnsembleScoreFilter,
         HybridScoreFilter,
         IEnKS,
@@ -74,6 +76,8 @@ def sweeps(regime):
         ]
         + [(f"adaptive r {r:g}", AdaptiveInflation(LETKF(radius=r))) for r in radii],
         "enkf": [(f"infl {i}", StochasticEnKF(inflation=i)) for i in inflations],
+        # No knob: the finite-size EnKF estimates its inflation each cycle.
+        "enkf-n": [("rotate", EnKFN(rotate=True))],
         "ienks": [(f"infl {i}", IEnKS(3, inflation=i, rotate=True)) for i in inflations[:4]],
         "pf": [
             (f"reg {g} ner {t}", BootstrapFilter(threshold=t, regularisation=g))

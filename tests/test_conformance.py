@@ -73,7 +73,16 @@ _score_filter, _score_filter_smc = (
     )
     for sampler in ("reverse-sde", "smc")
 )
+
+
 # (name, filter, the problems it applies to)
+def _exact_learned(**settings):
+    return LearnedPriorFilter(
+        StandardNormalNoise(jnp.ones(())), VPSDE(), 1.0, 0.0, 1.0, steps=20, conditioned=False,
+        ridge=0.0, **settings,
+    )  # fmt: skip
+
+
 CASES = [
     ("kalman", KalmanFilter(), ["linear"]),
     ("etkf", ETKF(inflation=1.02), ["linear", "l96-arctan"]),
@@ -113,21 +122,13 @@ CASES = [
     ("ns-enkf-local", NormalScoreEnKF(1.02, radius=2.0), ["l96-arctan"]),
     ("lpf", LocalParticleFilter(radius=None, jitter=0.3), ["linear"]),
     ("lpf-local", LocalParticleFilter(radius=2.0, jitter=0.3), ["l96-arctan"]),
-    # The exact score of N(0, I) in the ensemble's frame: the Gaussian prior of the members.
+    # The exact score of N(0, I) in the ensemble's frame: the Gaussian prior of the
+    # members; then the same in the local frame of a ring, updated by the LETKF.
+    ("learned", _exact_learned(particles=500), ["linear", "l96-arctan"]),
     (
-        "learned",
-        LearnedPriorFilter(
-            StandardNormalNoise(jnp.ones(())),
-            VPSDE(),
-            1.0,
-            0.0,
-            1.0,
-            particles=500,
-            steps=20,
-            conditioned=False,
-            ridge=0.0,
-        ),
-        ["linear", "l96-arctan"],
+        "learned-local",
+        _exact_learned(particles=200, local=True, analysis=LETKF(radius=2.0)),
+        ["l96-arctan"],
     ),
 ]
 # The slow suite runs every pair; the default one each filter once (SMC with its
@@ -137,7 +138,7 @@ SLOW = {
     "enks-l96-arctan", "enkf-n-l96-arctan", "extkf-l96-arctan", "enkf-l96-arctan",
     "letkf-l96-arctan", "bootstrap-l96-arctan", "ensf-l96-arctan", "hybrid-l96-arctan",
     "denkf-l96-arctan", "adaptive-letkf-linear", "enks-linear", "rhf", "ns-enkf", "lpf",
-    "learned-l96-arctan",
+    "learned-l96-arctan", "learned-local",
 }  # fmt: skip
 PAIRS = [
     pytest.param(

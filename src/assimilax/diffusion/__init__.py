@@ -12,6 +12,7 @@ from ._networks import (
     Conv as Conv,
     FiLM as FiLM,
     GaussianResidual as GaussianResidual,
+    LocalScore as LocalScore,
     MLPScore as MLPScore,
     UNetScore as UNetScore,
     score_function as score_function,

@@ -321,6 +321,61 @@ class UNetScore(eqx.Module):
         return self.conv_out(h).reshape(x.shape)
 
 
+class LocalScore(eqx.Module):
+    """A local, translation-invariant noise predictor for a field on a periodic ring of
+    `dim` sites, conditioned site by site on `cond_channels` fields (e.g. the forecast
+    members' mean and spread at each site): residual convolutions with kernel 3 and
+    circular padding (`Conv`), FiLM-conditioned on time, so each output sees the
+    `2 * depth + 3` nearest sites and the same weights serve every site. It trains on
+    one long run of a grid model and applies to any `dim`; `cond` arrives flat,
+    `(cond_channels * dim,)`, channel-major (as `diffusion.fit` passes it)."""
+
+    dim: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    cond_channels: int = eqx.field(static=True)
+    conditioning: _Conditioning
+    inp: Conv
+    hidden: tuple[Conv, ...]
+    films: tuple[FiLM, ...]
+    out: Conv
+
+    def __init__(self, dim, width=32, depth=4, time_dim=32, cond_channels=0, *, key):
+        keys = jr.split(key, 2 * depth + 3)
+        self.dim, self.width, self.depth = int(dim), int(width), int(depth)
+        self.cond_channels = int(cond_channels)
+        self.conditioning = _Conditioning(time_dim, 0, key=keys[0])
+        circular = dict(padding_mode="CIRCULAR")
+        self.inp = Conv(1, 1 + self.cond_channels, width, 3, **circular, key=keys[1])
+        self.hidden = tuple(
+            Conv(1, width, width, 3, **circular, key=k) for k in keys[2 : 2 + depth]
+        )
+        self.films = tuple(FiLM(time_dim, width, key=k) for k in keys[2 + depth : 2 + 2 * depth])
+        self.out = Conv(1, width, 1, 1, key=keys[-1])
+
+    def hyperparameters(self) -> dict:
+        return dict(
+            dim=self.dim,
+            width=self.width,
+            depth=self.depth,
+            time_dim=self.conditioning.time_dim,
+            cond_channels=self.cond_channels,
+        )
+
+    def __call__(self, x, t, cond=None):
+        c = self.conditioning(t, None).astype(x.dtype)
+        fields = x.reshape(1, -1)
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError(f"This network needs `cond` of {self.cond_channels} channels.")
+            cond = jnp.asarray(cond, x.dtype).reshape(self.cond_channels, -1)
+            fields = jnp.concatenate([fields, cond])
+        h = self.inp(fields)
+        for layer, film in zip(self.hidden, self.films, strict=True):
+            h = h + layer(jax.nn.silu(film(h, c)))
+        return self.out(jax.nn.silu(h)).reshape(x.shape)
+
+
 def score_function(network, sde: AbstractSDE, cond=None):
     r"""The score `s(x, t) = -eps_theta(x, t, cond) / sigma(t)` of a noise-predicting
     network, in the `(x, t)` form the samplers and guidance take."""

@@ -19,7 +19,7 @@ from jax import lax
 
 from .._custom_types import Array, Float, PRNGKeyArray
 from .._io import atomic_write
-from ._networks import MLPScore, UNetScore
+from ._networks import LocalScore, MLPScore, UNetScore
 from ._sde import AbstractSDE
 
 
@@ -146,7 +146,7 @@ def fit(
     return FitResult(eqx.combine(params, static), eqx.combine(ema, static), jnp.concatenate(losses))
 
 
-_NETWORKS = {"MLPScore": MLPScore, "UNetScore": UNetScore}
+_NETWORKS = {"MLPScore": MLPScore, "UNetScore": UNetScore, "LocalScore": LocalScore}
 
 
 def save_network(path: str | os.PathLike, network: eqx.Module, **metadata) -> Path:

@@ -31,6 +31,7 @@ from ._kalman import KalmanFilter as KalmanFilter
 from ._learned import (
     LearnedPriorFilter as LearnedPriorFilter,
     ensemble_frame as ensemble_frame,
+    local_frame as local_frame,
     training_pairs as training_pairs,
 )
 from ._letkf import LETKF as LETKF

@@ -15,6 +15,15 @@ where the law is skewed (near the saddle of Lorenz-63, say).
 `steps` Euler–Maruyama steps), mapped to $x$, weighted by the observation likelihood
 $p(y \mid x)$ (exact Bayes on the learned prior), and `n` members drawn from them by
 systematic resampling.
+
+**Grids** (`local=True`): on a ring of sites the frame is the members' mean and spread
+at each site, $x_i = m_i + s_i z_i$, the features are fields (mean, log spread, the
+correlation of each site with its two right neighbours), and the network is local and
+translation-invariant (`diffusion.LocalScore`). Importance weights over tens of
+observed sites degenerate whatever the number of samples, so there an ensemble filter
+updates the samples (`analysis`, e.g. the ETKF with the `particles` samples as its
+members; the update is Gaussian but its covariance is the learned prior's, resolved by
+hundreds of samples, not the rank-(n - 1) one of the members).
 """
 
 import equinox as eqx
@@ -47,16 +56,41 @@ def ensemble_frame(members: Float[Array, "n d"], ridge: float = 0.05):
     return mean, chol, features
 
 
-def training_pairs(forecast_members, truth, ridge: float = 0.05):
+def local_frame(members: Float[Array, "n d"], ridge: float = 0.05):
+    """`(m, s, features)` of flat forecast members on a ring of sites: their mean and
+    spread at each site (variance plus `ridge` times its mean), and the features as
+    `(4 d,)` channel-major fields: m, log s, and the correlation of each site with the
+    next and the one after (periodic)."""
+    n = members.shape[0]
+    mean = jnp.mean(members, axis=0)
+    anomalies = members - mean[None]
+    var = jnp.sum(anomalies**2, axis=0) / (n - 1)
+    std = jnp.sqrt(var + ridge * jnp.mean(var) + jnp.finfo(var.dtype).eps ** 0.5)
+    u = anomalies / std[None]
+    lag = lambda k: jnp.sum(u * jnp.roll(u, -k, axis=1), axis=0) / (n - 1)
+    return mean, std, jnp.concatenate([mean, jnp.log(std), lag(1), lag(2)])
+
+
+def _frame(members, ridge, local):
+    """`(mean, to_state, to_z, features)` of the members' frame (full or local)."""
+    if local:
+        mean, std, features = local_frame(members, ridge)
+        return mean, lambda z: z * std[None], lambda e: e / std, features
+    mean, chol, features = ensemble_frame(members, ridge)
+    to_z = lambda e: jax.scipy.linalg.solve_triangular(chol, e, lower=True)
+    return mean, lambda z: z @ chol.T, to_z, features
+
+
+def training_pairs(forecast_members, truth, ridge: float = 0.05, local: bool = False):
     """`(z, features)` for training from forecast members `(K, n, *state)` and the true
-    states `(K, *state)`: the truth in each ensemble's frame, and its features."""
+    states `(K, *state)`: the truth in each ensemble's frame (`local_frame` on a ring
+    of sites with `local`, else `ensemble_frame`), and its features."""
     k = truth.shape[0]
     flat = forecast_members.reshape(k, forecast_members.shape[1], -1)
 
     def one(members, x):
-        mean, chol, features = ensemble_frame(members, ridge)
-        z = jax.scipy.linalg.solve_triangular(chol, x.reshape(-1) - mean, lower=True)
-        return z, features
+        mean, _, to_z, features = _frame(members, ridge, local)
+        return to_z(x.reshape(-1) - mean), features
 
     return jax.vmap(one)(flat, truth)
 
@@ -80,6 +114,16 @@ class LearnedPriorFilter(AbstractEnsembleFilter):
     - `ridge`: added to the members' covariance, times its mean variance, before the
       Cholesky factor (as in training; default 0.05).
     - `inflation`: an `AbstractInflation` or a float, applied to the analysis members.
+    - `local`: the frame and features of a ring of sites (`local_frame`; a
+      `diffusion.LocalScore` network) rather than the full covariance's.
+    - `analysis`: an ensemble filter that updates the samples as its members (e.g.
+      `ETKF()`), the analysis members being `n` of them; default (None): importance
+      weights and resampling.
+    - `coupling`: how the `n` analysis members are made from the posterior samples:
+      `"draw"` (default) `n` of them (resampled by weight); `"rescale"` the forecast
+      members, their anomalies scaled site by site to the posterior samples' spread
+      (keeps each member the model's own state, as the relaxation to prior spread does).
+      Either way they are centred on the posterior samples' mean.
     """
 
     network: eqx.Module
@@ -88,14 +132,18 @@ class LearnedPriorFilter(AbstractEnsembleFilter):
     feature_mean: Float[Array, " p"]
     feature_std: Float[Array, " p"]
     inflation: AbstractInflation
+    analysis: AbstractEnsembleFilter | None
+    coupling: str = eqx.field(static=True)
     particles: int = eqx.field(static=True)
     steps: int = eqx.field(static=True)
     conditioned: bool = eqx.field(static=True)
     ridge: float = eqx.field(static=True)
+    local: bool = eqx.field(static=True)
 
     def __init__(
         self, network, sde, z_scale, feature_mean, feature_std, particles=1000, steps=100,
-        conditioned=True, ridge=0.05, inflation=None,
+        conditioned=True, ridge=0.05, inflation=None, local=False, analysis=None,
+        coupling="draw",
     ):  # fmt: skip
         if particles < 1 or steps < 1:
             raise ValueError(f"`particles` and `steps` must be >= 1; got {particles}, {steps}.")
@@ -107,10 +155,17 @@ class LearnedPriorFilter(AbstractEnsembleFilter):
         self.conditioned = bool(conditioned)
         self.ridge = float(ridge)
         self.inflation = as_inflation(inflation)
+        self.local = bool(local)
+        if analysis is not None and not isinstance(analysis, AbstractEnsembleFilter):
+            raise TypeError(f"`analysis` must be an ensemble filter or None; got {analysis!r}.")
+        self.analysis = analysis
+        if coupling not in ("draw", "rescale"):
+            raise ValueError(f"`coupling` must be 'draw' or 'rescale'; got {coupling!r}.")
+        self.coupling = coupling
 
     def prior_samples(self, members: Float[Array, "n d"], *, key) -> Float[Array, "M d"]:
         """`particles` samples of the truth given flat forecast `members`."""
-        mean, chol, features = ensemble_frame(members, self.ridge)
+        mean, to_state, _, features = _frame(members, self.ridge, self.local)
         (d,), dtype = mean.shape, members.dtype
         cond = None
         if self.conditioned:
@@ -120,17 +175,37 @@ class LearnedPriorFilter(AbstractEnsembleFilter):
         start = self.sde.prior_sample((self.particles, d), key=init_key, dtype=dtype)
         z = euler_maruyama(self.sde, score, start, key=sample_key, steps=self.steps)
         z_scale = jnp.broadcast_to(self.z_scale.astype(dtype), (d,))
-        return mean[None] + (z * z_scale[None]) @ chol.T
+        return mean[None] + to_state(z * z_scale[None])
 
     def update(self, belief, observation, y, mask=None, *, key):
         forecast = flatten_members(belief.members)
         sample_key, draw_key = jr.split(key)
         samples = self.prior_samples(forecast, key=sample_key)
         shape = belief.state_shape
-        log_lik = jax.vmap(lambda x: observation.log_likelihood(y, x.reshape(shape), mask))(samples)
-        weights = jax.nn.softmax(log_lik)
-        chosen = samples[draw(weights, forecast.shape[0], key=draw_key)]
+        n = forecast.shape[0]
+        if self.analysis is not None:
+            ensemble = Ensemble(samples.reshape(-1, *shape))
+            state = self.analysis.update(
+                self.analysis.init(ensemble, key=draw_key), observation, y, mask, key=draw_key
+            )  # fmt: skip
+            posterior = flatten_members(state.members)
+            weights = jnp.full(posterior.shape[0], 1.0 / posterior.shape[0], posterior.dtype)
+            chosen = posterior[:n]
+        else:
+            log_lik = jax.vmap(lambda x: observation.log_likelihood(y, x.reshape(shape), mask))(
+                samples
+            )
+            weights, posterior = jax.nn.softmax(log_lik), samples
+            chosen = samples[draw(weights, n, key=draw_key)]
+        centre = weights @ posterior
+        if self.coupling == "rescale":
+            # The forecast members moved: their anomalies scaled, site by site, to the
+            # posterior samples' spread (members stay what the model made of them).
+            spread = jnp.sqrt(weights @ (posterior - centre[None]) ** 2)
+            anomalies = forecast - jnp.mean(forecast, axis=0)[None]
+            own = jnp.sqrt(jnp.sum(anomalies**2, axis=0) / (n - 1))
+            chosen = anomalies * (spread / jnp.maximum(own, jnp.finfo(own.dtype).tiny))[None]
         # Centred on the posterior mean of all the samples (not of the few drawn).
-        analysis = chosen - jnp.mean(chosen, axis=0)[None] + (weights @ samples)[None]
+        analysis = chosen - jnp.mean(chosen, axis=0)[None] + centre[None]
         analysis = self.inflation(forecast, analysis)
         return Ensemble(analysis.reshape(belief.members.shape))
