@@ -11,8 +11,9 @@ training seeds (2000, 2001, ...), each truth written in its forecast ensemble's 
 (`filters._learned.training_pairs`: the full covariance's on Lorenz-63, the local frame
 on Lorenz-96); a score network (VP SDE) is trained on them by denoising score matching,
 conditioned on the ensemble's features (or not, `--unconditioned`): an `MLPScore`
-(width 128, depth 3) on Lorenz-63, a local `LocalScore` (width 32, depth 4) on Lorenz-96;
-then `--rounds - 1` rounds of self-training on the learned filter's own forecasts (4
+(width 128, depth 3) on Lorenz-63, a local `LocalScore` (width 16, depth 3; 10
+sampler steps; the scored run used `--width 32 --depth 4 --sampler-steps 20`) on
+Lorenz-96; then `--rounds - 1` rounds of self-training on the learned filter's own forecasts (4
 training seeds, 500 cycles). `--training-forcing 8.5` makes the pairs with Lorenz-96's F
 = 8.5 while the truth and the forecasts use F = 8 (model error). The analysis: M samples
 weighted by the likelihood (`--analysis weights`, Lorenz-63's default) or updated by the
