@@ -98,7 +98,8 @@ def training_pairs(forecast_members, truth, ridge: float = 0.05, local: bool = F
 class LearnedPriorFilter(AbstractEnsembleFilter):
     r"""The analysis from a learned conditional prior (see the module): `particles`
     samples of the truth given the forecast members, importance-weighted by the
-    likelihood, `n` of them resampled as the analysis members.
+    likelihood (or updated by an ensemble filter, `analysis`), and `n` analysis members
+    made from them (`coupling`).
 
     **Arguments:**
 
