@@ -10,7 +10,7 @@ import pytest
 import assimilax as ax
 from assimilax.experiments._twin import twin_inputs
 from assimilax.filters import ETKF, LETKF, ExtendedKalmanFilter
-from assimilax.filters._enkf import inverse_and_root
+from assimilax.filters._enkf import inverse_and_root, transform
 
 
 SETUP = ax.MODELS["lorenz96"]
@@ -43,6 +43,26 @@ def test_inverse_and_root_derivative_with_repeated_eigenvalues(getkey):
     inverse, root = inverse_and_root(c)
     assert np.allclose(inverse @ c, np.eye(6), atol=1e-12)
     assert np.allclose(root @ root @ c, np.eye(6), atol=1e-12)
+
+
+@pytest.mark.parametrize("n, m", [(30, 7), (8, 3)])
+def test_transform_observation_space_equals_ensemble_space(getkey, n, m):
+    """With fewer observations than members `transform` works in observation space
+    (eigh of m x m); its weights, transform and their gradients must equal the
+    ensemble-space formulas (eigh of n x n), also with a zero (tapered-out) column."""
+    s = jr.normal(getkey(), (n, m)).at[:, 0].set(0.0)
+    delta = jr.normal(getkey(), (m,))
+
+    def ensemble_space(s):
+        inverse, root = inverse_and_root(s @ s.T + (n - 1) * jnp.eye(n))
+        return inverse @ (s @ delta), jnp.sqrt(n - 1.0) * root
+
+    for got, want in zip(transform(s, delta), ensemble_space(s), strict=True):
+        assert np.allclose(got, want, atol=1e-12)
+    loss = lambda f: lambda s: jnp.sum(f(s)[0] ** 2) + jnp.sum(jnp.sin(f(s)[1]))  # noqa: E731
+    got, want = jax.grad(loss(lambda s: transform(s, delta)))(s), jax.grad(loss(ensemble_space))(s)
+    assert jnp.all(jnp.isfinite(got))
+    assert np.allclose(got, want, atol=1e-10)
 
 
 @pytest.mark.parametrize(
