@@ -70,7 +70,8 @@ def train_learned_prior(
     """Train a `LearnedPriorFilter` for `regime` at `members` members.
 
     Pairs (forecast members, truth) come from the `teacher` filter's twin runs (default
-    the ETKF, inflation 1.05, rotation; on grids the LETKF, inflation 1.02, radius 4) on
+    the ETKF, inflation 1.05, rotation; on grids the regime's tuned LETKF, else inflation
+    1.02 and radius 4) on
     `train_seeds` (never the scoring seeds 1, 2, ... nor the tuning seeds 1000, ...),
     each truth in its ensemble's frame; a score network (VP SDE) learns their law by
     denoising score matching (`steps` a round), conditioned on the ensemble's features
@@ -85,8 +86,10 @@ def train_learned_prior(
     makes the pairs, e.g. another model (a model-error experiment). Progress bars with
     `progress`."""
     local = regime.dim > 10 if local is None else bool(local)
-    if teacher is None:
-        teacher = LETKF(radius=4.0, inflation=1.02) if local else ETKF(1.05, rotate=True)
+    if teacher is None and local:  # the regime's tuned LETKF, else Lorenz-96's
+        teacher = LETKF(**regime.filter_settings.get("letkf", {"radius": 4.0, "inflation": 1.02}))
+    elif teacher is None:
+        teacher = ETKF(1.05, rotate=True)
     if local and analysis is None:
         analysis = LETKF(radius=4.0)
     particles = particles or (100 if local else 300)
