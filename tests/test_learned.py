@@ -135,18 +135,23 @@ def test_rescale_coupling_moves_the_forecast_members(getkey):
 
 
 def test_saved_prior_gives_the_same_filter(tmp_path, getkey):
-    """A learned prior saved with its training constants and loaded again draws the same
+    """A learned prior saved with its training constants and analysis settings (samples,
+    steps, inflation, coupling) and loaded again is the same filter: it draws the same
     samples with the same key; a network without the constants is refused."""
     from assimilax.experiments import load_learned_prior, save_learned_prior
+    from assimilax.filters import RTPS
 
     net = MLPScore(3, width=16, depth=1, cond_dim=9, key=getkey())
     flt = LearnedPriorFilter(
         net, VPSDE(), jnp.array([1.0, 2.0, 0.5]), jnp.full(9, 0.1), jnp.full(9, 2.0),
-        particles=50, steps=10, ridge=0.1,
+        particles=50, steps=10, ridge=0.1, inflation=RTPS(0.3), coupling="rescale",
     )  # fmt: skip
     save_learned_prior(tmp_path / "prior.eqx", flt)
-    loaded = load_learned_prior(tmp_path / "prior.eqx", particles=50, steps=10)
+    loaded = load_learned_prior(tmp_path / "prior.eqx")
     assert loaded.ridge == 0.1 and loaded.conditioned
+    assert (loaded.particles, loaded.steps, loaded.coupling) == (50, 10, "rescale")
+    assert type(loaded.inflation) is RTPS and float(loaded.inflation.alpha) == 0.3
+    assert load_learned_prior(tmp_path / "prior.eqx", particles=7).particles == 7
     members, key = jr.normal(getkey(), (10, 3)), getkey()
     a, b = flt.prior_samples(members, key=key), loaded.prior_samples(members, key=key)
     assert np.array_equal(np.asarray(a), np.asarray(b)) and a.shape == (50, 3)

@@ -13,7 +13,16 @@ import numpy as np
 
 from .. import diffusion
 from .._assimilate import assimilate
-from ..filters import ETKF, LETKF, LearnedPriorFilter, training_pairs
+from ..filters import (
+    ETKF,
+    LETKF,
+    RTPP,
+    RTPS,
+    LearnedPriorFilter,
+    MultiplicativeInflation,
+    NoInflation,
+    training_pairs,
+)
 from ._presets import get_model
 from ._regimes import Regime
 from ._registry import make_observation
@@ -92,8 +101,8 @@ def train_learned_prior(
         teacher = ETKF(1.05, rotate=True)
     if local and analysis is None:
         analysis = LETKF(radius=4.0)
-    particles = particles or (100 if local else 300)
-    sampler_steps = sampler_steps or (10 if local else 30)
+    particles = particles or _SAMPLER[local][0]
+    sampler_steps = sampler_steps or _SAMPLER[local][1]
     source = regime if training_regime is None else training_regime
     key = jr.key(0) if key is None else key
     init_key, *round_keys = jr.split(key, rounds + 1)
@@ -128,6 +137,10 @@ def train_learned_prior(
     return learned
 
 
+# The default samples and sampler steps of an analysis, by `local`.
+_SAMPLER = {False: (300, 30), True: (100, 10)}
+
+
 def _analysis_settings(analysis) -> dict | None:
     """The JSON form of a learned prior's `analysis` filter (none, an ETKF or an LETKF,
     without inflation)."""
@@ -151,20 +164,50 @@ def _analysis_filter(settings: dict | None):
     return ETKF()
 
 
+def _inflation_settings(inflation) -> dict | None:
+    """The JSON form of a learned prior's `inflation` (none, multiplicative, RTPS, RTPP)."""
+    if isinstance(inflation, NoInflation):
+        return None
+    for kind, cls, field in _INFLATIONS:
+        if type(inflation) is cls:
+            return {"kind": kind, "value": float(getattr(inflation, field))}
+    raise ValueError(
+        "save_learned_prior keeps no, multiplicative, RTPS or RTPP inflation; got "
+        f"{type(inflation).__name__} (save without it and pass it to load_learned_prior)."
+    )
+
+
+_INFLATIONS = (
+    ("multiplicative", MultiplicativeInflation, "factor"),
+    ("rtps", RTPS, "alpha"),
+    ("rtpp", RTPP, "alpha"),
+)
+
+
+def _inflation_filter(settings: dict | None):
+    if settings is None:
+        return None
+    return next(cls(settings["value"]) for kind, cls, _ in _INFLATIONS if kind == settings["kind"])
+
+
 def save_learned_prior(path: str | os.PathLike, flt: LearnedPriorFilter) -> Path:
-    """Write `flt`'s network, training constants and analysis filter
-    (`diffusion.save_network`, atomically); `load_learned_prior` reads them back."""
+    """Write `flt`'s network, training constants and analysis settings (samples, sampler
+    steps, analysis filter, inflation, coupling; `diffusion.save_network`, atomically);
+    `load_learned_prior` reads them back: the same filter."""
     return diffusion.save_network(
         path, flt.network, z_scale=np.asarray(flt.z_scale).tolist(),
         feature_mean=np.asarray(flt.feature_mean).tolist(),
         feature_std=np.asarray(flt.feature_std).tolist(), conditioned=flt.conditioned,
         ridge=flt.ridge, local=flt.local, analysis=_analysis_settings(flt.analysis),
+        particles=flt.particles, steps=flt.steps, coupling=flt.coupling,
+        inflation=_inflation_settings(flt.inflation),
     )  # fmt: skip
 
 
 def load_learned_prior(path: str | os.PathLike, **settings) -> LearnedPriorFilter:
     """The `LearnedPriorFilter` saved at `path` (VP SDE), with `settings` (`particles`,
-    `steps`, `inflation`, `analysis`: default the saved one) for its analysis."""
+    `steps`, `inflation`, `analysis`, `coupling`: default the saved ones) for its
+    analysis."""
     network, meta = diffusion.load_network(path)
     names = ("z_scale", "feature_mean", "feature_std")
     if not set(names) <= set(meta):
@@ -173,6 +216,11 @@ def load_learned_prior(path: str | os.PathLike, **settings) -> LearnedPriorFilte
     constants = (jnp.asarray(meta[name], dtype) for name in names)
     local = bool(meta.get("local", False))
     settings.setdefault("analysis", _analysis_filter(meta.get("analysis")))
+    settings.setdefault("inflation", _inflation_filter(meta.get("inflation")))
+    settings.setdefault("coupling", meta.get("coupling", "draw"))
+    # Files from before these were saved: `train_learned_prior`'s defaults.
+    settings.setdefault("particles", meta.get("particles", _SAMPLER[local][0]))
+    settings.setdefault("steps", meta.get("steps", _SAMPLER[local][1]))
     return LearnedPriorFilter(
         network,
         diffusion.VPSDE(),
