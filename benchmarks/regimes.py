@@ -170,6 +170,28 @@ def tune_filter(regime, grid, seeds, cycles, members, status):
     return (min(finite, key=mean), True) if finite else (None, True)
 
 
+def grid_edges(labels, chosen):
+    """The knobs of the setting `chosen` (a label such as "rtps 0.3 r 2") at the end of
+    their range over the grid's `labels` (at least three values; 0 and 1 are natural
+    bounds and never count): a tuned setting there may be beaten just past the grid."""
+
+    def knobs(label):
+        words = label.split()
+        return {
+            name: float(value)
+            for name, value in zip(words, words[1:], strict=False)
+            if value.replace(".", "", 1).isdigit() and not name.replace(".", "", 1).isdigit()
+        }
+
+    grid = [knobs(label) for label in labels]
+    edges = []
+    for name, value in knobs(chosen).items():
+        values = {g[name] for g in grid if name in g}
+        if len(values) >= 3 and value not in (0.0, 1.0) and value in (min(values), max(values)):
+            edges.append(name)
+    return edges
+
+
 def paired(a, b):
     """Mean of `a - b` relative to mean `b` (%), its 95 % t-interval (%), wins of `a`."""
     import numpy as np
@@ -250,6 +272,8 @@ def main():
             )
             took = time.perf_counter() - start
             note = " (every setting flagged: lowest RMSE of the finite ones)" if flagged else ""
+            if k is not None and (edges := grid_edges(grid, k)):
+                note += f" (on the grid's edge in {', '.join(edges)}: extend it)"
             print(
                 f"tuned {fname}: {k or '(every setting failed)'}{note} ({len(grid)}, {took:.0f} s)"
             )

@@ -187,3 +187,18 @@ def test_set_errors_one_line(argv, expected, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == f"bench: error: {expected} (see --help)\n"
+
+
+def test_grid_edges_flags_a_setting_at_the_end_of_its_range(monkeypatch):
+    """`regimes.py` warns when a tuned setting lies on its grid's edge (as the LETKF's
+    radius 2 on `l96-sparse` at N = 10, beaten at radius 1.25 just past it)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("regimes", ROOT / "benchmarks" / "regimes.py")
+    regimes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regimes)
+    labels = [f"{k} {v} r {r}" for k, v in (("infl", 1.0), ("infl", 1.1), ("rtps", 0.3))
+              for r in (2, 4, 8)]  # fmt: skip
+    assert regimes.grid_edges(labels, "rtps 0.3 r 2") == ["r"]
+    assert regimes.grid_edges(labels, "infl 1.1 r 4") == []
+    assert regimes.grid_edges(labels, "infl 1.0 r 8") == ["r"]  # 1.0: a natural bound
+    assert regimes.grid_edges(["adaptive r 2", "adaptive r 4"], "adaptive r 2") == []
