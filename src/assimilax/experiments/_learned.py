@@ -187,7 +187,10 @@ _INFLATIONS = (
 def _inflation_filter(settings: dict | None):
     if settings is None:
         return None
-    return next(cls(settings["value"]) for kind, cls, _ in _INFLATIONS if kind == settings["kind"])
+    for kind, cls, _ in _INFLATIONS:
+        if kind == settings.get("kind"):
+            return cls(settings["value"])
+    raise ValueError(f"unknown inflation {settings!r} in a saved learned prior.")
 
 
 def save_learned_prior(path: str | os.PathLike, flt: LearnedPriorFilter) -> Path:
